@@ -1,0 +1,130 @@
+/* The cast chunk kernel written once with GCC vector extensions; hif8_avx2.c and
+ * hif8_avx512.c include it with VW lanes under their own `#pragma GCC target`.
+ * It is the scalar core of hif8_core.h lane by lane (same integer rounding, same
+ * random bits), so every path gives the same codes, values, masks and statistics.
+ * Define VW and HIF8_VEC_NAME before including. */
+#include <string.h>
+#include "hif8_internal.h"
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+typedef uint8_t vb __attribute__((vector_size(VW)));
+
+#define SEL(m, a, b) (((a) & (vu)(m)) | ((b) & ~(vu)(m))) /* m ? a : b, m lanes 0/-1 */
+
+void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0,
+                   uint8_t *codes, float *values, uint8_t *mask, hif8_stats *st) {
+    const uint32_t key = hif8_seed_key(p->seed, (uint32_t)(index0 >> 32));
+    uint32_t clip_bits;
+    memcpy(&clip_bits, &p->clip, 4);
+    vi lane;
+    for (int l = 0; l < VW; l++) lane[l] = l;
+    vi n_clipped = {0}, n_flushed = {0}, n_nonfinite = {0};
+    vu amax_v = {0};
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) {
+        vf xv;
+        memcpy(&xv, x + i, sizeof xv);
+        vu xb = (vu)xv, axb = xb & 0x7fffffffu;
+        vi x_nonfinite = axb >= 0x7f800000u;
+        n_nonfinite -= x_nonfinite;
+        vu finite_ax = SEL(x_nonfinite, (vu){0}, axb);
+        amax_v = SEL(finite_ax > amax_v, finite_ax, amax_v);
+
+        vf y = xv * p->scale;
+        vu yb = (vu)y, ab = yb & 0x7fffffffu, neg = yb >> 31;
+        vi is_nan = ab > 0x7f800000u;
+        vi is_clipped = (vf)ab >= p->threshold; /* false for NaN */
+        n_clipped -= is_clipped;
+        ab = SEL((ab > clip_bits) & ~is_nan, (vu){0} + clip_bits, ab);
+        vi overflow = (ab >= 0x47200000u) & ~is_nan;
+
+        /* the rounding core of hif8_core.h */
+        vi e = (vi)(ab >> 23) - 127;
+        vi ae = (e ^ (e >> 31)) - (e >> 31);
+        vi mw = 3 + (ae >= 4) + (ae >= 8); /* comparisons are -1 where true */
+        mw = (vi)SEL(e < -15, (vu){0}, (vu)mw);
+        vu sh = (vu)(23 - mw);
+        vu add, small;
+        if (p->stochastic) {
+            vu idx = (vu)lane + (uint32_t)(index0 + i);
+            vu h = idx * 0x9E3779B1u + key;
+            h ^= h >> 16; h *= 0x85EBCA6Bu;
+            h ^= h >> 13; h *= 0xC2B2AE35u;
+            h ^= h >> 16;
+            vu r16 = h >> 16;
+            add = r16 << (sh - 16);
+            vi up = __builtin_convertvector(r16, vf) < (vf)ab * 274877906944.0f;
+            small = SEL(up, (vu){0} + 0x34800000u, (vu){0});
+        } else {
+            add = ((vu){0} + 1u) << (sh - 1);
+            small = SEL(ab >= 0x34000000u, (vu){0} + 0x34800000u, (vu){0});
+        }
+        vu rb = (ab + add) & ~((((vu){0} + 1u) << sh) - 1u);
+        rb = SEL(rb >= 0x47400000u, (vu){0} + 0x47000000u, rb);
+        vi is_small = ab < 0x34800000u;
+        rb = SEL(is_small, small, rb);
+
+        /* positive code from the rounded magnitude */
+        vi E = (vi)(rb >> 23) - 127;
+        vu m = (rb & 0x7fffffu) >> sh;
+        vi aE = (E ^ (E >> 31)) - (E >> 31);
+        vu sE = (vu)(E < 0) & 1u, uaE = (vu)aE;
+        vu b4 = (0x60u | sE << 4 | (uaE - 8) << 1);
+        vu b3 = (0x40u | sE << 4 | (uaE - 4) << 2);
+        vu b2 = (0x20u | sE << 4 | (uaE - 2) << 3);
+        vu b1 = (0x10u | sE << 3);
+        vu base = SEL(aE >= 2, b2, SEL(aE == 1, b1, (vu){0} + 0x08u));
+        base = SEL(aE >= 4, b3, base);
+        base = SEL(aE >= 8, b4, base);
+        base = SEL(E < -15, (vu)(E + 23), base);
+        vu code = base + m;
+        vi is_zero = rb == 0u;
+        code = SEL(is_zero, (vu){0}, code);
+        n_flushed -= is_zero & ~is_nan & ~overflow & (axb != 0u) & ~x_nonfinite;
+
+        /* overflow and NaN */
+        vu of_code = (vu){0} + (p->saturate ? 0x6Eu : 0x6Fu);
+        vu of_rb = (vu){0} + (p->saturate ? 0x47000000u : 0x7f800000u);
+        code = SEL(overflow, of_code, code);
+        rb = SEL(overflow, of_rb, rb);
+        neg = SEL(is_zero & ~overflow & ~is_nan, (vu){0}, neg);
+        code |= neg << 7;
+        code = SEL(is_nan, (vu){0} + 0x80u, code);
+        rb = SEL(is_nan, ab, rb);
+
+        if (codes) {
+            vb c8 = __builtin_convertvector(code, vb);
+            memcpy(codes + i, &c8, sizeof c8);
+        }
+        if (mask) {
+            vb m8 = __builtin_convertvector((vu)(~is_clipped) & 1u, vb);
+            memcpy(mask + i, &m8, sizeof m8);
+        }
+        if (values) {
+            vf v = (vf)(rb | neg << 31) * p->scale_inv;
+            memcpy(values + i, &v, sizeof v);
+        }
+    }
+    int64_t c = 0, f = 0, nf = 0;
+    uint32_t amax_bits = 0;
+    for (int l = 0; l < VW; l++) {
+        c += n_clipped[l];
+        f += n_flushed[l];
+        nf += n_nonfinite[l];
+        if (amax_v[l] > amax_bits) amax_bits = amax_v[l];
+    }
+    hif8_stats tail = {0, 0, 0, 0, 0.0};
+    if (i < n)
+        hif8_cast_chunk_f32_scalar(x + i, n - i, p, index0 + i, codes ? codes + i : NULL,
+                                   values ? values + i : NULL, mask ? mask + i : NULL, &tail);
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    st->n += (int64_t)i + tail.n;
+    st->clipped += c + tail.clipped;
+    st->zero_flushed += f + tail.zero_flushed;
+    st->nonfinite += nf + tail.nonfinite;
+    if (amax > st->amax) st->amax = amax;
+    if (tail.amax > st->amax) st->amax = tail.amax;
+}
