@@ -1,0 +1,2 @@
+"""Training: TrainConfig, the Trainer loop, data, AdamW, checkpoints."""
+from .config import ScalingRecipe, TrainConfig
