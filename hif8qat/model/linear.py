@@ -1,0 +1,136 @@
+"""The one place a linear layer ``y = x · Wᵀ + b`` runs, in fp32, bf16 or hif8 precision.
+
+Shapes: x is (N, C), weight is (OC, C) (the Hugging Face / PyTorch layout), bias is
+(OC,) or None, y is (N, OC).
+
+Precisions (see the paper's recipe in docs/paper.md):
+
+* ``"fp32"`` — the reference: NumPy matmul in the model's dtype (float32, or float64
+  for finite-difference gradient checks).
+* ``"bf16"`` — ``hq.gemm`` on float32 operands, which rounds both to bfloat16 (RNE)
+  and accumulates in fp32: the BF16 baseline. The backward rounds dY to bf16 too.
+* ``"hif8"`` — W8A8: the weight and the input activation each go through their own
+  ``DelayedScaler``; the forward is the **codes GEMM** on the HiF8 codes (true W8A8,
+  not a float GEMM on fake-quantized values). Backward, with the straight-through
+  estimator masked where the cast clipped:
+      dX = bf16(dY) · Ŵ   masked by the input's STE mask
+      dW = bf16(dY)ᵀ · X̂  masked by the weight's STE mask
+  where Ŵ, X̂ are the same codes (decoded × scale_inv inside the GEMM).
+
+Calibration (``calibrating=True`` in fp32/bf16 precision): the scalers *observe* the
+weight and the input (the BF16 warm-up / PTQ calibration, delayed-scaling.md) without
+casting anything. This module never calls ``scaler.update()``: the training loop does,
+once per optimizer step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PRECISIONS = ("fp32", "bf16", "hif8")
+
+
+def _gemm():
+    try:
+        from hif8qat.gemm import gemm
+    except ImportError as e:  # the C GEMM is built with the extension
+        raise ImportError(
+            "bf16/hif8 precision needs hif8qat.gemm (the C extension): build it with "
+            "`python setup.py build_ext --inplace`") from e
+    return gemm
+
+
+class LinearCache:
+    """What a linear layer's backward needs from its forward (llm.c keeps these in acts)."""
+
+    __slots__ = ("precision", "x", "weight", "x_codes", "x_scale_inv", "x_mask",
+                 "w_codes", "w_scale_inv", "w_mask", "has_bias")
+
+    def __init__(self, precision, x, weight, has_bias):
+        self.precision = precision
+        self.x = x
+        self.weight = weight
+        self.has_bias = has_bias
+        self.x_codes = self.w_codes = self.x_mask = self.w_mask = None
+        self.x_scale_inv = self.w_scale_inv = 1.0
+
+
+def linear_forward(x, weight, bias=None, *, precision="fp32", w_scaler=None, x_scaler=None,
+                   calibrating=False):
+    """y = x · weightᵀ + bias.  x (N, C), weight (OC, C), bias (OC,) -> y (N, OC), cache.
+
+    In hif8 precision ``w_scaler`` / ``x_scaler`` quantize the weight / the input; when
+    ``calibrating`` in fp32/bf16 precision they observe them instead.
+    """
+    if precision == "fp32":
+        if calibrating:
+            w_scaler.observe(weight)
+            x_scaler.observe(x)
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y, LinearCache("fp32", x, weight, bias is not None)
+
+    if x.dtype != np.float32 or weight.dtype != np.float32:
+        raise TypeError(f"{precision} precision runs on float32 tensors, got {x.dtype} input "
+                        f"and {weight.dtype} weight (a float64 model is for fp32 gradient checks)")
+    gemm = _gemm()
+    if precision == "bf16":
+        if calibrating:
+            w_scaler.observe(weight)
+            x_scaler.observe(x)
+        # y = bf16(x) · bf16(W)ᵀ (+ b), fp32 accumulation
+        y = gemm(x, weight, trans_b=True, bias=bias)
+        return y, LinearCache("bf16", x, weight, bias is not None)
+
+    if precision == "hif8":
+        w_codes, w_scale_inv, w_mask = w_scaler.quantize_codes(weight)
+        x_codes, x_scale_inv, x_mask = x_scaler.quantize_codes(x)
+        # y = X̂ · Ŵᵀ (+ b) on the codes: value = decode(code) * scale_inv
+        y = gemm(x_codes, w_codes, trans_b=True, a_scale_inv=x_scale_inv,
+                 b_scale_inv=w_scale_inv, bias=bias)
+        cache = LinearCache("hif8", None, weight, bias is not None)
+        cache.x_codes, cache.x_scale_inv, cache.x_mask = x_codes, x_scale_inv, x_mask
+        cache.w_codes, cache.w_scale_inv, cache.w_mask = w_codes, w_scale_inv, w_mask
+        return y, cache
+
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def linear_backward(dy, cache, dweight, dbias=None, *, accumulate=False):
+    """Backward of y = x · Wᵀ + b.  dy (N, OC) -> dx (N, C); dweight (OC, C) and dbias (OC,)
+    are written (or added to, when ``accumulate``) in place.
+    """
+    if cache.has_bias and dbias is not None:
+        db = dy.sum(axis=0)                       # b: y[n, o] += b[o]
+        if accumulate:
+            dbias += db
+        else:
+            dbias[...] = db
+
+    if cache.precision == "fp32":
+        dx = dy @ cache.weight                    # x: y = x · Wᵀ  ->  dX = dY · W
+        if accumulate:
+            dweight += dy.T @ cache.x             # W:               dW = dYᵀ · X
+        else:
+            np.matmul(dy.T, cache.x, out=dweight)
+        return dx
+
+    gemm = _gemm()
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    if cache.precision == "bf16":
+        dx = gemm(dy, cache.weight)                             # bf16(dY) · bf16(W)
+        gemm(dy, cache.x, trans_a=True, out=dweight, accumulate=accumulate)  # bf16(dY)ᵀ · bf16(X)
+        return dx
+
+    # hif8: the same codes as the forward, STE-masked where the cast clipped
+    dx = gemm(dy, cache.w_codes, b_scale_inv=cache.w_scale_inv)          # bf16(dY) · Ŵ
+    if cache.x_mask is not None:
+        dx *= cache.x_mask
+    dw = gemm(dy, cache.x_codes, trans_a=True, b_scale_inv=cache.x_scale_inv)  # bf16(dY)ᵀ · X̂
+    if cache.w_mask is not None:
+        dw *= cache.w_mask
+    if accumulate:
+        dweight += dw
+    else:
+        dweight[...] = dw
+    return dx

@@ -1,0 +1,554 @@
+"""A Llama-family decoder with a hand-written backward, in the spirit of llm.c.
+
+Every layer is a pair of plain functions, ``x_forward`` and ``x_backward``; each states
+the shapes of its buffers. B = batch, T = sequence length, C = hidden_size,
+H = query heads, KV = key/value heads, R = H // KV (queries per key/value head),
+D = head_dim, I = intermediate_size, V = vocab_size, N = B*T.
+
+NumPy does the light work (norms, RoPE, softmax attention, SwiGLU, loss); every
+q/k/v/o/gate/up/down projection goes through ``linear.py``, the single place where the
+fp32 / bf16 / hif8 precision of a linear layer is decided. Embedding, RMSNorm,
+attention scores and the LM head stay in high precision (the model's dtype).
+
+Parameters live in one flat buffer (``params_flat``) with named views in Hugging Face
+order and names; gradients in a second buffer with the same layout (``grads_flat``),
+so the optimizer, gradient clipping and checkpointing are single array operations.
+
+Example::
+
+    import numpy as np, hif8qat as hq
+    cfg = hq.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = hq.LlamaModel.from_config(cfg, seed=0)
+    tokens = np.random.default_rng(0).integers(0, 256, size=(2, 16))
+    logits, loss = model.forward(tokens[:, :-1], targets=tokens[:, 1:])
+    grads = model.backward()       # {"model.embed_tokens.weight": array, ...}
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from .config import LlamaConfig
+from .linear import PRECISIONS, linear_backward, linear_forward
+
+IGNORE_INDEX = -100
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+# ----------------------------------------------------------------------------- embedding
+def embedding_forward(wte, tokens):
+    """wte is (V, C), tokens is (B, T) int -> out (B, T, C)."""
+    return wte[tokens]
+
+
+def embedding_backward(dwte, dout, tokens):
+    """Adds dout (B, T, C) into the rows of dwte (V, C) named by tokens (B, T)."""
+    # out[b, t] = wte[tokens[b, t]]: a token seen twice gets both gradients
+    np.add.at(dwte, tokens.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+def rmsnorm_forward(x, weight, eps):
+    """x is (N, C), weight is (C,) -> out (N, C), rstd (N, 1).
+
+    out = x / sqrt(mean(x²) + eps) * weight, computed in x's dtype (fp32 or fp64).
+    """
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x * rstd) * weight, rstd.astype(x.dtype, copy=False)
+
+
+def rmsnorm_backward(dout, x, weight, rstd, dweight, accumulate=False):
+    """dout (N, C) -> dx (N, C); dweight (C,) written or accumulated in place."""
+    xhat = x * rstd                                  # out = xhat * weight
+    dw = np.einsum("nc,nc->c", dout, xhat)
+    if accumulate:
+        dweight += dw
+    else:
+        dweight[...] = dw
+    dxhat = dout * weight
+    # xhat = x * rstd(x):  dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
+    dot = np.mean(dxhat * xhat, axis=-1, keepdims=True)
+    dxhat -= xhat * dot
+    dxhat *= rstd
+    return dxhat
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_tables(T, D, theta, dtype):
+    """cos, sin tables of shape (T, D/2) for positions 0..T-1.
+
+    Hugging Face's convention: inv_freq[i] = theta ** (-2i / D), and ``rotate_half``
+    pairs dimension i with i + D/2 (not adjacent pairs as in the RoFormer paper).
+    """
+    inv_freq = 1.0 / (theta ** (np.arange(0, D, 2, dtype=np.float64) / D))
+    angles = np.arange(T, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def rope_forward(x, cos, sin):
+    """x is (B, T, nh, D), cos/sin are (T, D/2) -> out (B, T, nh, D).
+
+    out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] with x = [x1, x2].
+    """
+    h = x.shape[-1] // 2
+    c, s = cos[:, None, :], sin[:, None, :]          # (T, 1, D/2) broadcast over heads
+    x1, x2 = x[..., :h], x[..., h:]
+    out = np.empty_like(x)
+    out[..., :h] = x1 * c - x2 * s
+    out[..., h:] = x2 * c + x1 * s
+    return out
+
+
+def rope_backward(dout, cos, sin):
+    """dout (B, T, nh, D) -> dx (B, T, nh, D); the rotation's transpose."""
+    h = dout.shape[-1] // 2
+    c, s = cos[:, None, :], sin[:, None, :]
+    d1, d2 = dout[..., :h], dout[..., h:]
+    dx = np.empty_like(dout)
+    dx[..., :h] = d1 * c + d2 * s                   # out1 = x1 c - x2 s ; out2 = x2 c + x1 s
+    dx[..., h:] = d2 * c - d1 * s
+    return dx
+
+
+# ----------------------------------------------------------------------------- attention
+def causal_bias(T, R, dtype):
+    """(R*T, T) additive mask: 0 where key t' <= query t, -inf above the diagonal.
+
+    The R query heads that share one key/value head are stacked along the rows, so
+    row r*T + t is query position t.
+    """
+    bias = np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)
+    return np.tile(bias, (R, 1))
+
+
+def attention_forward(q, k, v, bias):
+    """Causal grouped-query attention with the softmax in the model's dtype (fp32/fp64).
+
+    q is (B, KV, R*T, D): the R query heads of each key/value head stacked along rows;
+    k, v are (B, KV, T, D); bias is (R*T, T) from ``causal_bias``.
+    -> out (B, KV, R*T, D), probs (B, KV, R*T, T).
+    Stacking the R query heads makes one (R*T, D)·(D, T) matmul per key/value head, and
+    the backward's sums over the R heads sharing k, v come out of the matmuls for free.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = np.matmul(q, k.swapaxes(-1, -2))        # (B, KV, R*T, T)
+    scores *= scale
+    scores += bias
+    # numerically stable softmax, in place: subtract the row max (finite: the diagonal)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    probs = scores
+    return np.matmul(probs, v), probs
+
+
+def attention_backward(dout, q, k, v, probs):
+    """dout (B, KV, R*T, D) -> dq (B, KV, R*T, D), dk, dv (B, KV, T, D)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dv = np.matmul(probs.swapaxes(-1, -2), dout)     # out = P · v
+    dp = np.matmul(dout, v.swapaxes(-1, -2))
+    # P = softmax(S):  dS = P * (dP - rowsum(dP * P))
+    rowdot = np.einsum("bkij,bkij->bki", dp, probs)[..., None]
+    dp -= rowdot
+    dp *= probs
+    dp *= scale                                      # S = q·kᵀ * scale
+    dq = np.matmul(dp, k)
+    dk = np.matmul(dp.swapaxes(-1, -2), q)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- SwiGLU
+def swiglu_forward(g, u):
+    """g, u are (N, I) (gate and up projections) -> h = silu(g) * u, (N, I)."""
+    sig = 1.0 / (1.0 + np.exp(-g))
+    return g * sig * u
+
+
+def swiglu_backward(dh, g, u):
+    """dh (N, I) -> dg, du (N, I)."""
+    sig = 1.0 / (1.0 + np.exp(-g))
+    silu = g * sig
+    du = dh * silu
+    # d silu(g)/dg = sig * (1 + g * (1 - sig))
+    dg = dh * u * (sig * (1.0 + g * (1.0 - sig)))
+    return dg, du
+
+
+# ----------------------------------------------------------------------------- loss
+def cross_entropy_forward(logits, targets):
+    """logits (N, V), targets (N,) int with -100 = ignore -> (mean loss, lse (N,), n_valid).
+
+    The mean is over the non-ignored positions; with none, the loss is 0.0 (and the
+    backward gives zero gradients) rather than NaN, so an all-padding micro-batch is
+    harmless in gradient accumulation.
+    """
+    valid = targets != IGNORE_INDEX
+    n_valid = int(valid.sum())
+    m = logits.max(axis=-1, keepdims=True)
+    lse = (np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)) + m)[:, 0]
+    if n_valid == 0:
+        return 0.0, lse, 0
+    rows = np.nonzero(valid)[0]
+    nll = lse[rows] - logits[rows, targets[rows]]
+    return float(nll.sum(dtype=np.float64) / n_valid), lse, n_valid
+
+
+def cross_entropy_backward(logits, lse, targets, n_valid, dloss=1.0):
+    """dlogits (N, V) = dloss * (softmax(logits) - onehot(target)) / n_valid, 0 on ignored rows.
+
+    Reuses the logits buffer for dlogits (llm.c style) to save an (N, V) array.
+    """
+    dlogits = logits
+    dlogits -= lse[:, None]
+    np.exp(dlogits, out=dlogits)
+    valid = targets != IGNORE_INDEX
+    if n_valid == 0:
+        dlogits[...] = 0.0
+        return dlogits
+    rows = np.nonzero(valid)[0]
+    dlogits[rows, targets[rows]] -= 1.0
+    dlogits[~valid] = 0.0
+    dlogits *= dloss / n_valid
+    return dlogits
+
+
+# ----------------------------------------------------------------------------- model
+def parameter_shapes(cfg: LlamaConfig):
+    """[(HF name, shape)] in the order the flat buffer stores them."""
+    C, I, V, D = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    q_out, kv_out = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
+    shapes = [("model.embed_tokens.weight", (V, C))]
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes.append((p + "input_layernorm.weight", (C,)))
+        for name, out_f, in_f in (("q_proj", q_out, C), ("k_proj", kv_out, C),
+                                  ("v_proj", kv_out, C), ("o_proj", C, q_out)):
+            shapes.append((p + f"self_attn.{name}.weight", (out_f, in_f)))
+            if cfg.attention_bias:
+                shapes.append((p + f"self_attn.{name}.bias", (out_f,)))
+        shapes.append((p + "post_attention_layernorm.weight", (C,)))
+        for name, out_f, in_f in (("gate_proj", I, C), ("up_proj", I, C), ("down_proj", C, I)):
+            shapes.append((p + f"mlp.{name}.weight", (out_f, in_f)))
+            if cfg.mlp_bias:
+                shapes.append((p + f"mlp.{name}.bias", (out_f,)))
+    shapes.append(("model.norm.weight", (C,)))
+    if not cfg.tie_word_embeddings:
+        shapes.append(("lm_head.weight", (V, C)))
+    return shapes
+
+
+class LlamaModel:
+    """Llama-family decoder (causal LM) with forward/backward in NumPy + the C GEMMs.
+
+    Attributes:
+      config: the LlamaConfig.
+      params_flat, grads_flat: 1-D buffers (float32; float64 for gradient checks).
+      param_views, grad_views: {HF tensor name: view into the flat buffer}.
+      param_layout: [(name, offset, shape)] in buffer order.
+      precision: "fp32" | "bf16" | "hif8" (``set_precision`` switches between steps).
+      calibrating: when True in fp32/bf16 precision, every projection's scalers observe
+        its weight and input (BF16 warm-up / PTQ calibration). No effect in hif8, where
+        quantizing records the amaxes anyway.
+      scalers: a ScalerGroup with one DelayedScaler per projection weight and input,
+        named "<module>.weight" / "<module>.input" (created on first use).
+
+    Example::
+
+        model = LlamaModel.from_config(cfg, seed=0)
+        logits, loss = model.forward(x, targets=y)
+        grads = model.backward()
+        model.params_flat -= 1e-3 * model.grads_flat
+    """
+
+    def __init__(self, config: LlamaConfig, dtype=np.float32, precision: str = "fp32"):
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64 (for gradient checks), got {dtype}")
+        config.validate()
+        self.config = config
+        self.dtype = dtype
+        self.param_layout = []
+        offset = 0
+        for name, shape in parameter_shapes(config):
+            self.param_layout.append((name, offset, shape))
+            offset += int(np.prod(shape))
+        self.params_flat = np.zeros(offset, dtype=dtype)
+        self.grads_flat = np.zeros(offset, dtype=dtype)
+        self.param_views = self._views(self.params_flat)
+        self.grad_views = self._views(self.grads_flat)
+        self.precision = "fp32"
+        self.set_precision(precision)
+        self.calibrating = False
+        self._scalers = None
+        self._scaler_recipe = {}
+        self._acts = None           # forward activations kept for backward (llm.c's acts)
+        self._rope_cache = {}
+
+    def _views(self, flat):
+        return {name: flat[off:off + int(np.prod(shape))].reshape(shape)
+                for name, off, shape in self.param_layout}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: LlamaConfig, seed: int = 0, dtype=np.float32,
+                    precision: str = "fp32") -> "LlamaModel":
+        """A randomly initialised model: weights ~ N(0, initializer_range) as in HF
+        (0.02 by default), norm weights 1, biases 0."""
+        model = cls(config, dtype=dtype, precision=precision)
+        model.init_weights(seed)
+        return model
+
+    def init_weights(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        std = self.config.initializer_range
+        for name, view in self.param_views.items():
+            if name.endswith("norm.weight"):
+                view[...] = 1.0
+            elif name.endswith(".bias"):
+                view[...] = 0.0
+            else:
+                view[...] = rng.standard_normal(view.shape, dtype=np.float64) * std
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.params_flat.size)
+
+    # ------------------------------------------------------------------ precision, scalers
+    def set_precision(self, precision: str) -> None:
+        """Switch the linear layers between "fp32", "bf16" and "hif8" (between steps)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "fp32" and self.dtype != np.float32:
+            raise ValueError(f"{precision} precision needs a float32 model; this one is "
+                             f"{self.dtype} (float64 exists for fp32 gradient checks)")
+        self.precision = precision
+
+    def scaler_names(self):
+        """Names of the DelayedScalers, in layer order: "<module>.weight", "<module>.input"."""
+        names = []
+        for i in range(self.config.num_hidden_layers):
+            for proj in PROJECTIONS:
+                names += [f"model.layers.{i}.{proj}.weight", f"model.layers.{i}.{proj}.input"]
+        return names
+
+    def reset_scalers(self, **recipe) -> None:
+        """Create fresh DelayedScalers with this recipe (window, algo, fmax, margin, clip,
+        ste), one per projection weight and input. Forgets all amax histories."""
+        from hif8qat.scaling import DelayedScaler, ScalerGroup
+        group = ScalerGroup()
+        for name in self.scaler_names():
+            group.add(DelayedScaler(name=name, **recipe))
+        self._scalers = group
+        self._scaler_recipe = dict(recipe)
+
+    @property
+    def scalers(self):
+        """The ScalerGroup of this model's DelayedScalers (default recipe on first use)."""
+        if self._scalers is None:
+            self.reset_scalers(**self._scaler_recipe)
+        return self._scalers
+
+    # ------------------------------------------------------------------ forward
+    def _rope(self, T):
+        key = T
+        if key not in self._rope_cache:
+            self._rope_cache = {key: rope_tables(T, self.config.head_dim, self.config.rope_theta,
+                                                 self.dtype)}
+        return self._rope_cache[key]
+
+    def _check_tokens(self, tokens, what):
+        tokens = np.asarray(tokens)
+        if tokens.dtype.kind not in "iu":
+            raise TypeError(f"{what} must be an integer array, got dtype {tokens.dtype}")
+        if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+            raise ValueError(f"{what} must have shape (B, T) with B, T >= 1, got {tokens.shape}")
+        return tokens.astype(np.int64, copy=False)
+
+    def forward(self, tokens, targets=None):
+        """Run the decoder.  tokens (B, T) int -> (logits (B, T, V), loss or None).
+
+        ``targets[:, t]`` is the token that should follow position t (already shifted);
+        -100 marks positions to ignore; the loss is the mean cross-entropy over the
+        non-ignored positions (0.0 when all are ignored). With targets, the activations
+        needed by ``backward()`` are kept (and the returned logits array is later reused
+        by backward as scratch space for dlogits — copy it if you need it after
+        backward). Logits are float32 (float64 for a float64 model).
+        """
+        cfg = self.config
+        tokens = self._check_tokens(tokens, "tokens")
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise ValueError(f"tokens must lie in [0, {cfg.vocab_size}), got values in "
+                             f"[{tokens.min()}, {tokens.max()}]")
+        if targets is not None:
+            targets = self._check_tokens(targets, "targets")
+            if targets.shape != tokens.shape:
+                raise ValueError(f"targets shape {targets.shape} must equal tokens shape "
+                                 f"{tokens.shape}")
+            bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= cfg.vocab_size))
+            if bad.any():
+                raise ValueError(f"targets must lie in [0, {cfg.vocab_size}) or be "
+                                 f"{IGNORE_INDEX} (ignored); found {targets[bad][0]}")
+        self._acts = None
+        keep = targets is not None
+        B, T = tokens.shape
+        C, D = cfg.hidden_size, cfg.head_dim
+        H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+        R, N = H // KV, B * T
+        P = self.param_views
+        prec, calib = self.precision, self.calibrating
+        need_scalers = prec == "hif8" or calib
+        sc = self.scalers if need_scalers else None
+        cos, sin = self._rope(T)
+        bias = causal_bias(T, R, self.dtype)
+
+        def lin(x, module):
+            b = P.get(module + ".bias")
+            w_s = sc[module + ".weight"] if need_scalers else None
+            x_s = sc[module + ".input"] if need_scalers else None
+            return linear_forward(x, P[module + ".weight"], b, precision=prec,
+                                  w_scaler=w_s, x_scaler=x_s, calibrating=calib)
+
+        x = embedding_forward(P["model.embed_tokens.weight"], tokens).reshape(N, C)
+        layers = []
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            a = {"x": x}
+            xn, a["rstd1"] = rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.rms_norm_eps)
+            a["xn1"] = xn
+            q, a["q_proj"] = lin(xn, p + "self_attn.q_proj")          # (N, H*D)
+            k, a["k_proj"] = lin(xn, p + "self_attn.k_proj")          # (N, KV*D)
+            v, a["v_proj"] = lin(xn, p + "self_attn.v_proj")
+            q = rope_forward(q.reshape(B, T, H, D), cos, sin)
+            k = rope_forward(k.reshape(B, T, KV, D), cos, sin)
+            # to attention layout: q (B, KV, R*T, D), k, v (B, KV, T, D)
+            qa = np.ascontiguousarray(
+                q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B, KV, R * T, D)
+            ka = np.ascontiguousarray(k.transpose(0, 2, 1, 3))
+            va = np.ascontiguousarray(v.reshape(B, T, KV, D).transpose(0, 2, 1, 3))
+            oa, probs = attention_forward(qa, ka, va, bias)
+            o = np.ascontiguousarray(
+                oa.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4)).reshape(N, H * D)
+            y, a["o_proj"] = lin(o, p + "self_attn.o_proj")           # (N, C)
+            x = x + y
+            a.update(qa=qa, ka=ka, va=va, probs=probs, x2=x)
+            xn, a["rstd2"] = rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"],
+                                             cfg.rms_norm_eps)
+            a["xn2"] = xn
+            g, a["gate_proj"] = lin(xn, p + "mlp.gate_proj")          # (N, I)
+            u, a["up_proj"] = lin(xn, p + "mlp.up_proj")
+            h = swiglu_forward(g, u)
+            m, a["down_proj"] = lin(h, p + "mlp.down_proj")           # (N, C)
+            x = x + m
+            a.update(g=g, u=u)
+            if keep:
+                layers.append(a)
+        xf, rstd_f = rmsnorm_forward(x, P["model.norm.weight"], cfg.rms_norm_eps)
+        w_head = P["model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
+        logits = xf @ w_head.T                                        # (N, V)
+        if targets is None:
+            return logits.reshape(B, T, -1), None
+        tflat = targets.reshape(-1)
+        loss, lse, n_valid = cross_entropy_forward(logits, tflat)
+        self._acts = dict(tokens=tokens, targets=tflat, layers=layers, x=x, rstd_f=rstd_f,
+                          xf=xf, logits=logits, lse=lse, n_valid=n_valid, shape=(B, T),
+                          precision=prec)
+        return logits.reshape(B, T, -1), loss
+
+    # ------------------------------------------------------------------ backward
+    def zero_grad(self) -> None:
+        self.grads_flat[...] = 0.0
+
+    def backward(self, dloss: float = 1.0, accumulate: bool = False):
+        """Gradients of ``dloss * loss`` for every parameter, after ``forward`` with targets.
+
+        Returns {HF name: view into ``grads_flat``}. With ``accumulate=False`` the
+        gradients overwrite ``grads_flat``; with ``accumulate=True`` they are added to it
+        (gradient accumulation: pass dloss = this micro-batch's share of the tokens to
+        weight micro-batches by token count). The kept activations are freed.
+        """
+        acts = self._acts
+        if acts is None:
+            raise RuntimeError("backward() needs a preceding forward(tokens, targets) "
+                               "(activations are kept only when targets are given, and "
+                               "freed by backward)")
+        self._acts = None
+        if acts["precision"] != self.precision:
+            raise RuntimeError("set_precision was called between forward and backward")
+        if not math.isfinite(dloss):
+            raise ValueError(f"dloss must be finite, got {dloss}")
+        cfg = self.config
+        B, T = acts["shape"]
+        C, D = cfg.hidden_size, cfg.head_dim
+        H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+        R, N = H // KV, B * T
+        P, G = self.param_views, self.grad_views
+        if not accumulate:
+            # the embedding (and a tied LM head) gather contributions from several places
+            G["model.embed_tokens.weight"][...] = 0.0
+        cos, sin = self._rope(T)
+
+        def lin_back(dy, cache, module):
+            # each projection is used once per forward: overwrite unless accumulating
+            return linear_backward(dy, cache, G[module + ".weight"], G.get(module + ".bias"),
+                                   accumulate=accumulate)
+
+        # logits = xf · W_headᵀ
+        dlogits = cross_entropy_backward(acts.pop("logits"), acts["lse"], acts["targets"],
+                                         acts["n_valid"], dloss)
+        head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        if accumulate or cfg.tie_word_embeddings:
+            G[head] += dlogits.T @ acts["xf"]
+        else:
+            np.matmul(dlogits.T, acts["xf"], out=G[head])
+        dxf = dlogits @ P[head]
+        del dlogits
+        dx = rmsnorm_backward(dxf, acts["x"], P["model.norm.weight"], acts["rstd_f"],
+                              G["model.norm.weight"], accumulate=accumulate)
+        for i in reversed(range(cfg.num_hidden_layers)):
+            p = f"model.layers.{i}."
+            a = acts["layers"].pop()
+            # x3 = x2 + down(swiglu(gate(xn2), up(xn2)))
+            dh = lin_back(dx, a["down_proj"], p + "mlp.down_proj")
+            dg, du = swiglu_backward(dh, a["g"], a["u"])
+            dxn = lin_back(dg, a["gate_proj"], p + "mlp.gate_proj")
+            dxn += lin_back(du, a["up_proj"], p + "mlp.up_proj")
+            dx = dx + rmsnorm_backward(dxn, a["x2"], P[p + "post_attention_layernorm.weight"],
+                                       a["rstd2"], G[p + "post_attention_layernorm.weight"],
+                                       accumulate=accumulate)
+            # x2 = x + o_proj(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
+            do = lin_back(dx, a["o_proj"], p + "self_attn.o_proj")
+            doa = np.ascontiguousarray(
+                do.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B, KV, R * T, D)
+            dqa, dka, dva = attention_backward(doa, a["qa"], a["ka"], a["va"], a["probs"])
+            dq = dqa.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
+            dk = dka.transpose(0, 2, 1, 3)
+            dv = np.ascontiguousarray(dva.transpose(0, 2, 1, 3)).reshape(N, KV * D)
+            dq = rope_backward(dq, cos, sin).reshape(N, H * D)
+            dk = rope_backward(dk, cos, sin).reshape(N, KV * D)
+            dxn = lin_back(dq, a["q_proj"], p + "self_attn.q_proj")
+            dxn += lin_back(dk, a["k_proj"], p + "self_attn.k_proj")
+            dxn += lin_back(dv, a["v_proj"], p + "self_attn.v_proj")
+            dx = dx + rmsnorm_backward(dxn, a["x"], P[p + "input_layernorm.weight"], a["rstd1"],
+                                       G[p + "input_layernorm.weight"], accumulate=accumulate)
+        embedding_backward(G["model.embed_tokens.weight"], dx, acts["tokens"])
+        return dict(G)
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path, dtype: str = "float32", max_shard_bytes: Optional[int] = None) -> None:
+        """Write ``path/config.json`` + ``path/model.safetensors`` (HF layout; loads in
+        transformers as LlamaForCausalLM). dtype "float32" | "bfloat16" | "float16"."""
+        from .io import save_model
+        save_model(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+    def __repr__(self):
+        c = self.config
+        return (f"LlamaModel(layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}/{c.num_key_value_heads}, vocab={c.vocab_size}, "
+                f"params={self.num_parameters:,}, dtype={self.dtype.name}, "
+                f"precision={self.precision!r})")
