@@ -59,12 +59,12 @@ float hq_scaler_scale_for_call(const hq_scaler *s, double call_amax) {
 }
 
 /* The cast parameters for one call: clamp at fmax, or no clamp (saturation counts). */
-static hif8_cast_params cast_params(const hq_scaler *s, float scale, int rounding,
-                                    uint64_t seed) {
+static hif8_cast_params cast_params(const hq_scaler *s, float scale, double scale_inv,
+                                    int rounding, uint64_t seed) {
     hif8_cast_params p;
     memset(&p, 0, sizeof(p));
     p.scale = (double)scale;
-    p.scale_inv = (double)(1.0f / scale);
+    p.scale_inv = scale_inv;
     p.clip = s->recipe.clip ? (double)s->recipe.fmax : 0.0;
     p.rounding = rounding;
     p.saturate = 1;
@@ -73,6 +73,8 @@ static hif8_cast_params cast_params(const hq_scaler *s, float scale, int roundin
     return p;
 }
 
+/* x_hat = decode(q) * scale_inv in the input's arithmetic (hif8-format.md): 1.0f/scale
+ * for float32 input, 1.0/scale for float64. The scale itself is always a float32 value. */
 #define DEFINE_CAST(SUFFIX, T)                                                              \
     int hq_scaler_cast_##SUFFIX(const hq_scaler *s, const T *x, size_t n, int rounding,     \
                                 uint64_t seed, uint8_t *codes, T *values, uint8_t *mask,   \
@@ -84,7 +86,8 @@ static hif8_cast_params cast_params(const hq_scaler *s, float scale, int roundin
             double a = hif8_amax_##SUFFIX(x, n, &nonfinite);                               \
             scale = hq_scaler_scale_for_call(s, nonfinite > 0 ? INFINITY : a);             \
         }                                                                                  \
-        hif8_cast_params p = cast_params(s, scale, rounding, seed);                        \
+        hif8_cast_params p = cast_params(s, scale, (double)((T)1 / (T)scale), rounding,   \
+                                         seed);                                            \
         uint8_t *cast_mask = s->recipe.ste == HQ_STE_MASKED ? mask : NULL;                 \
         memset(&call->stats, 0, sizeof(call->stats));                                      \
         hif8_cast_##SUFFIX(x, n, &p, codes, values, cast_mask, &call->stats);              \

@@ -77,7 +77,7 @@ typedef struct {
 typedef struct {
     hif8_stats stats; /* stats.amax: max |x| over the finite, unscaled elements */
     float scale;      /* the scale this call used (current scaling on first use) */
-    float scale_inv;
+    float scale_inv;  /* 1.0f / scale: what the GEMM multiplies the codes by */
 } hq_scaler_call;
 
 enum {

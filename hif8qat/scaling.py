@@ -95,8 +95,10 @@ def _rounding_code(rounding) -> int:
 
 
 def _check_seed(seed) -> int:
-    if not _is_int(seed) or not 0 <= int(seed) < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     return int(seed)
 
 
