@@ -42,7 +42,7 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 -> uint16 bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    u = np.asarray(x, dtype=np.float32, order="C").view(np.uint32)  # keeps 0-d shape
     rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
     nan = np.isnan(x)
     if nan.any():
@@ -175,7 +175,7 @@ def _stored(name, arr, dtype):
             raise TypeError(f"tensor {name!r}: BF16 output needs a floating array, got {arr.dtype}")
         data = f32_to_bf16_bits(arr.astype(np.float32, copy=False))
     else:
-        data = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
+        data = np.asarray(arr, dtype=DTYPES[dtype], order="C")   # (ascontiguousarray makes 0-d 1-d)
     return dtype, data
 
 
