@@ -24,6 +24,9 @@ from .scaling import DelayedScaler, ScalerGroup  # noqa: E402
 __all__ += ["DelayedScaler", "ScalerGroup"]
 
 # ---- GEMM (issue 4) ----
+from .gemm import PackedWeight, gemm, pack_weight, qlinear  # noqa: E402
+
+__all__ += ["PackedWeight", "gemm", "pack_weight", "qlinear"]
 
 # ---- model (issue 5) ----
 from .model import LlamaConfig, LlamaModel, load_model  # noqa: E402
