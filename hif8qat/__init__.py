@@ -36,5 +36,10 @@ __all__ += ["LlamaConfig", "LlamaModel", "load_model"]
 # ---- training (issue 6) ----
 
 # ---- evaluation, PTQ, export (issue 7) ----
+from .eval import (ByteTokenizer, EvalResult, acc_stderr, evaluate, load_task,  # noqa: E402
+                   load_tokenizer, paired_bootstrap, register_task)
+
+__all__ += ["ByteTokenizer", "EvalResult", "acc_stderr", "evaluate", "load_task",
+            "load_tokenizer", "paired_bootstrap", "register_task"]
 
 # ---- embedded world (issue 8) ----
