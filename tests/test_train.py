@@ -363,3 +363,291 @@ def test_json_state_round_trips_dtypes_and_special_floats(tmp_path):
     assert back["h"].dtype == np.float32 and np.array_equal(back["h"], state["h"])
     assert back["s"] == np.float32(0.1) and back["s"].dtype == np.float32
     assert math.isnan(back["f"]) and back["nested"]["x"][0] == 4
+
+
+# ============================================================================ the loop
+from hif8qat.train import WALL_CLOCK_FIELDS, Trainer, TrainingDivergedError, main_train, train  # noqa: E402
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK_FIELDS} for r in records]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "hif8"])
+def test_tiny_model_learns_the_corpus(tmp_path, precision):
+    cfg = tiny_config(tmp_path, precision=precision, steps=30, lr=1e-2,
+                      bf16_warmup_steps=5 if precision == "hif8" else 0)
+    log = read_log(train(cfg))
+    assert len(log) == 30 and [r["step"] for r in log] == list(range(1, 31))
+    first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-3:]])
+    assert first > 5.0                      # about log(256) at initialisation
+    assert last < 0.4 * first, (first, last)
+    assert {r["phase"] for r in log} == ({"bf16_warmup", "qat"} if precision == "hif8"
+                                         else {precision})
+
+
+def test_warmup_steps_run_in_bf16_with_scalers_calibrating(tmp_path):
+    kw = dict(steps=8, bf16_warmup_steps=4, lr_schedule="cosine", lr_warmup_steps=2)
+    qat = Trainer(tiny_config(tmp_path, precision="hif8", run_dir=str(tmp_path / "q"), **kw))
+    base = Trainer(tiny_config(tmp_path, precision="bf16", run_dir=str(tmp_path / "b"), **kw))
+    for step in range(1, 9):
+        rq, rb = qat.step(), base.step()
+        assert rq["lr"] == rb["lr"]         # one schedule; the phase switch changes precision only
+        if step <= 4:
+            assert rq["phase"] == "bf16_warmup"
+            # nothing is cast during the warm-up: the loss is exactly the bf16 baseline's
+            assert rq["loss"] == rb["loss"]
+            assert all(s["clipped_fraction"] == 0.0 for s in rq["scalers"].values())
+            assert all(sc.n_valid == step for sc in qat.model.scalers)   # history fills
+            assert qat.model.precision == "bf16" and qat.model.calibrating
+        else:
+            assert rq["phase"] == "qat" and qat.model.precision == "hif8"
+            assert not qat.model.calibrating
+            assert rq["loss"] != rb["loss"]
+    lrs = [r["lr"] for r in read_log(qat.run_dir)]
+    assert lrs[0] == pytest.approx(cfg_lr := qat.config.lr / 2) and lrs[1] == qat.config.lr
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and cfg_lr > 0
+    # the first QAT step uses the scale calibrated by the warm-up: fmax / max(history)
+    s = qat.model.scalers["model.layers.0.self_attn.q_proj.input"]
+    assert "scalers" not in read_log(base.run_dir)[0]
+
+
+def test_log_lines_and_summary_report_scalers_and_saturation(tmp_path):
+    t = Trainer(tiny_config(tmp_path, steps=6, bf16_warmup_steps=3, precision="hif8"))
+    for _ in range(4):
+        t.step()
+    # make one weight jump far above its calibrated amax: the delayed scale lags, clips
+    name = "model.layers.1.mlp.up_proj.weight"
+    t.model.param_views[name][...] *= 8.0
+    rec = t.step()
+    assert rec["saturated"] >= 1 and rec["scalers"][name]["clipped_fraction"] > 0
+    assert rec["scalers"][name]["headroom"] > 1.0
+    t.run()
+    summary = json.load(open(os.path.join(t.run_dir, "summary.json")))
+    sat = summary["saturation"]
+    assert sat["per_scaler"][name] >= 1 and sat["per_layer"]["1"] >= 1
+    assert sat["first_step"] >= 4           # never during the bf16 warm-up (steps 1-3)
+    assert sat["events"] == sum(sat["per_scaler"].values())
+    assert summary["steps"] == 6 and summary["qat_steps"] == 3
+    log = read_log(t.run_dir)
+    for r in log:
+        for key in ("step", "phase", "lr", "loss", "grad_norm", "tokens_per_s", "scalers"):
+            assert key in r
+        assert set(r["scalers"]) == set(t.model.scalers.names())
+        assert set(next(iter(r["scalers"].values()))) == {"amax", "scale", "headroom",
+                                                          "clipped_fraction"}
+    cfg_back = TrainConfig.from_toml(os.path.join(t.run_dir, "config.toml"))
+    assert cfg_back == t.config
+
+
+def _final_state(run_dir):
+    path = ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    st = ckpt.load_training_checkpoint(path)
+    with open(os.path.join(path, "model", "model.safetensors"), "rb") as fh:
+        weights = fh.read()
+    return weights, st
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    kw = dict(steps=20, bf16_warmup_steps=3, precision="hif8", lr_schedule="cosine",
+              lr_warmup_steps=4, grad_accum_steps=2, weight_decay=0.1, lr=5e-3,
+              activation=dict(window=4))
+    full = train(tiny_config(tmp_path, run_dir=str(tmp_path / "full"), **kw))
+
+    t = Trainer(tiny_config(tmp_path, run_dir=str(tmp_path / "split"), **kw))
+    for _ in range(10):
+        t.step()
+    t.save_checkpoint()
+    t.step()                      # steps after the checkpoint, then "killed": their log
+    t.step()                      # lines are dropped and recomputed on resume
+    del t
+    resumed = Trainer.resume(str(tmp_path / "split"))
+    assert resumed.step_index == 10
+    split = resumed.run()
+
+    w_full, s_full = _final_state(full)
+    w_split, s_split = _final_state(split)
+    assert w_full == w_split                                   # weights, bit for bit
+    for k in ("m", "v"):
+        assert np.array_equal(s_full["optimizer"][k], s_split["optimizer"][k])
+    assert s_full["optimizer"]["t"] == s_split["optimizer"]["t"] == 20
+    assert json.dumps(s_full["scalers"], sort_keys=True, default=str) == \
+        json.dumps(s_split["scalers"], sort_keys=True, default=str)
+    assert s_full["trainer_state"]["data"] == s_split["trainer_state"]["data"]
+    assert comparable(read_log(full)) == comparable(read_log(split))
+
+
+def _token_masked_data(tmp_path):
+    """A corpus with a loss mask that ignores uneven runs of positions."""
+    tokens = encode_bytes(CORPUS)
+    rng = np.random.default_rng(5)
+    mask = rng.random(tokens.size) > 0.35
+    mask[: 33 * 3] = False          # whole sequences fully ignored at the start
+    path = tmp_path / "masked.npz"
+    np.savez(path, tokens=tokens, loss_mask=mask)
+    return str(path)
+
+
+@pytest.mark.parametrize("precision,accum", [("fp32", 2), ("fp32", 4), ("bf16", 4),
+                                             ("hif8", 2), ("hif8", 4)])
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, precision, accum):
+    # lr = 0 keeps the parameters fixed, so every step compares the gradient of the same
+    # model (with lr > 0 Adam would amplify float-rounding differences step by step);
+    # hif8 runs two warm-up steps, so steps 3-4 compare QAT gradients at calibrated scales
+    data = _token_masked_data(tmp_path)
+    kw = dict(data=data, steps=4, precision=precision, grad_clip=0.0, lr=0.0,
+              bf16_warmup_steps=2 if precision == "hif8" else 0)
+    big = Trainer(tiny_config(tmp_path, run_dir=str(tmp_path / "big"), **kw))
+    acc = Trainer(tiny_config(tmp_path, run_dir=str(tmp_path / "acc"),
+                              grad_accum_steps=accum, **kw))
+    uneven = False
+    for _ in range(4):
+        x, y = big.data.batch(big.data.batches_served)
+        m = 8 // accum
+        counts = [int((y[i * m:(i + 1) * m] != IGNORE_INDEX).sum()) for i in range(accum)]
+        uneven |= len(set(counts)) > 1
+        rb, ra = big.step(), acc.step()
+        assert ra["phase"] == rb["phase"]
+        assert ra["tokens"] == rb["tokens"] == sum(counts)
+        np.testing.assert_allclose(ra["loss"], rb["loss"], rtol=1e-6)
+        ga, gb = acc.model.grads_flat, big.model.grads_flat
+        assert np.linalg.norm(ga - gb) <= 1e-5 * np.linalg.norm(gb)
+    assert uneven                   # the micro-batches really held different token counts
+    if precision == "hif8":
+        assert rb["phase"] == "qat"
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_one_survives(tmp_path):
+    cfg = tiny_config(tmp_path, steps=10, checkpoint_every=5, precision="hif8",
+                      bf16_warmup_steps=2)
+    run_dir = train(cfg)
+    cdir = os.path.join(run_dir, "checkpoints")
+    assert ckpt.list_checkpoints(cdir) == ["step_000005", "step_000010"]
+    target = os.path.join(cdir, "step_000010", "model", "model.safetensors")
+    data = bytearray(open(target, "rb").read())
+    data[-3] ^= 0x40
+    open(target, "wb").write(bytes(data))
+    log_before = open(os.path.join(run_dir, "log.jsonl"), "rb").read()
+    with pytest.raises(ckpt.CheckpointError, match=r"model.safetensors.*step_000005"):
+        Trainer.resume(run_dir)
+    assert open(os.path.join(run_dir, "log.jsonl"), "rb").read() == log_before
+    ckpt.verify_checkpoint(os.path.join(cdir, "step_000005"))
+    t = Trainer.resume(run_dir, checkpoint="step_000005")
+    assert t.step_index == 5 and t.step()["step"] == 6
+
+
+def test_incompatible_config_on_resume_is_rejected_and_nothing_changes(tmp_path):
+    cfg = tiny_config(tmp_path, steps=6, precision="bf16")
+    run_dir = train(cfg)
+    before = {p: open(os.path.join(run_dir, p), "rb").read()
+              for p in ("log.jsonl", "config.toml", "summary.json")}
+    wider = dict(TINY, hidden_size=64)
+    for bad, match in ((cfg.with_overrides({"model_config": wider}), "model_config"),
+                       (cfg.with_overrides({"lr": 1.0}), "lr"),
+                       (cfg.with_overrides({"activation.algo": "most_recent"}),
+                        "activation.algo")):
+        with pytest.raises(ValueError, match=match):
+            Trainer.resume(run_dir, bad)
+    for p, content in before.items():
+        assert open(os.path.join(run_dir, p), "rb").read() == content
+    ckpt.verify_checkpoint(ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
+    # a longer run is a compatible change
+    t = Trainer.resume(run_dir, cfg.with_overrides({"steps": 8}))
+    t.run()
+    assert [r["step"] for r in read_log(run_dir)] == list(range(1, 9))
+
+
+def test_killed_save_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, steps=8, precision="hif8", bf16_warmup_steps=2)
+    reference = train(cfg.with_overrides({"run_dir": str(tmp_path / "ref")}))
+    t = Trainer(cfg)
+    for _ in range(4):
+        t.step()
+    first = t.save_checkpoint()
+    for _ in range(2):
+        t.step()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed in the middle of writing the optimizer state")
+
+    monkeypatch.setattr(ckpt.np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        t.save_checkpoint()
+    monkeypatch.undo()
+    cdir = os.path.join(t.run_dir, "checkpoints")
+    assert ckpt.latest_checkpoint(cdir) == first
+    resumed = Trainer.resume(t.run_dir)
+    assert resumed.step_index == 4
+    resumed.run()
+    assert _final_state(resumed.run_dir)[0] == _final_state(reference)[0]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    t = Trainer(tiny_config(tmp_path, steps=10, precision="bf16"))
+    for _ in range(3):
+        t.step()
+    good = t.save_checkpoint()
+    t.model.param_views["model.norm.weight"][...] = np.nan
+    with pytest.raises(TrainingDivergedError, match=r"step 4 .*nan.*step_000003"):
+        t.step()
+    with pytest.raises(TrainingDivergedError):
+        t.step()
+    assert ckpt.latest_checkpoint(t.checkpoints_dir) == good
+    assert Trainer.resume(t.run_dir).step()["step"] == 4
+
+
+def test_eval_hooks_run_periodically_without_changing_training(tmp_path):
+    seen = []
+
+    def probe(trainer):
+        x, y = trainer.data.batch(0)
+        _, loss = trainer.model.forward(x[:2], y[:2])
+        seen.append((trainer.step_index, trainer.model.precision))
+        return {"loss": float(loss)}
+
+    kw = dict(steps=6, precision="hif8", bf16_warmup_steps=2, eval_every=3)
+    with_hooks = train(tiny_config(tmp_path, run_dir=str(tmp_path / "h"), **kw),
+                       eval_hooks={"probe": probe})
+    without = train(tiny_config(tmp_path, run_dir=str(tmp_path / "n"), **kw))
+    assert seen == [(3, "hif8"), (6, "hif8")]
+    log = read_log(with_hooks)
+    assert [r["step"] for r in log if "eval" in r] == [3, 6]
+    assert math.isfinite(log[2]["eval"]["probe"]["loss"])
+    assert _final_state(with_hooks)[0] == _final_state(without)[0]
+    assert comparable([{k: v for k, v in r.items() if k != "eval"} for r in log]) == \
+        comparable(read_log(without))
+
+
+def test_bad_runs_are_rejected_before_any_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="TrainConfig.data"):
+        Trainer(tiny_config(tmp_path, data=str(tmp_path / "nope.txt")))
+    with pytest.raises(ValueError, match="quantize_grads"):
+        Trainer(tiny_config(tmp_path, quantize_grads=True))
+    with pytest.raises(ValueError, match="vocab_size"):
+        Trainer(tiny_config(tmp_path, model_config=dict(TINY, vocab_size=100)))
+    with pytest.raises(ValueError, match="model_config"):
+        Trainer(tiny_config(tmp_path, model_config=dict(TINY, num_key_value_heads=3)))
+    assert not os.path.exists(tmp_path / "run")
+    train(tiny_config(tmp_path, steps=2, precision="fp32"))
+    with pytest.raises(FileExistsError, match="resume"):
+        Trainer(tiny_config(tmp_path, steps=2, precision="fp32"))
+
+
+def test_command_line_trains_resumes_and_rejects_bad_configs(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, steps=3, precision="fp32")
+    path = tmp_path / "run.toml"
+    path.write_text(cfg.to_toml())
+    assert main_train([str(path), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == cfg.run_dir
+    longer = tmp_path / "longer.toml"
+    longer.write_text(cfg.with_overrides({"steps": 5}).to_toml())
+    assert main_train([str(longer), "--resume", cfg.run_dir, "--no-progress"]) == 0
+    assert len(read_log(cfg.run_dir)) == 5
+    (tmp_path / "bad.toml").write_text(cfg.to_toml().replace("steps = 3", "steps = -3"))
+    assert main_train([str(tmp_path / "bad.toml")]) == 2
+    assert "TrainConfig.steps" in capsys.readouterr().err

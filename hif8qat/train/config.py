@@ -40,6 +40,7 @@ import difflib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -394,12 +395,20 @@ def _validate_recipe(r: ScalingRecipe, role: str) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"{where}.{name} must be a finite number, got {v!r}")
         setattr(r, name, float(v))
-    if r.fmax <= 0:
-        raise ValueError(f"{where}.fmax must be > 0, got {r.fmax}")
+    if not 0 < r.fmax <= 32768.0:
+        raise ValueError(f"{where}.fmax must be > 0 and <= 32768 (the largest HiF8 value), "
+                         f"got {r.fmax}")
+    if r.margin < 0:
+        raise ValueError(f"{where}.margin must be >= 0, got {r.margin}")
     if not isinstance(r.clip, bool):
         raise TypeError(f"{where}.clip must be true or false, got {r.clip!r}")
     if r.ste not in STE_MODES:
         raise ValueError(f"{where}.ste must be one of {list(STE_MODES)}, got {r.ste!r}")
+
+
+def _toml_key(k) -> str:
+    k = str(k)
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
 def _toml_value(v: Any) -> str:
@@ -418,7 +427,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}"
                                for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
@@ -435,5 +444,5 @@ def dumps_toml(d: dict) -> str:
         lines.append("")
         lines.append(f"[{k}]")
         for kk, vv in v.items():
-            lines.append(f"{json.dumps(str(kk))} = {_toml_value(vv)}")
+            lines.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
