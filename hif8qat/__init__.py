@@ -34,6 +34,9 @@ from .model import LlamaConfig, LlamaModel, load_model  # noqa: E402
 __all__ += ["LlamaConfig", "LlamaModel", "load_model"]
 
 # ---- training (issue 6) ----
+from .train import TrainConfig, Trainer, TrainingDivergedError, train  # noqa: E402
+
+__all__ += ["TrainConfig", "Trainer", "TrainingDivergedError", "train"]
 
 # ---- evaluation, PTQ, export (issue 7) ----
 from .eval import (ByteTokenizer, EvalResult, acc_stderr, evaluate, load_task,  # noqa: E402
