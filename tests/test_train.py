@@ -395,7 +395,10 @@ def test_warmup_steps_run_in_bf16_with_scalers_calibrating(tmp_path):
     kw = dict(steps=8, bf16_warmup_steps=4, lr_schedule="cosine", lr_warmup_steps=2)
     qat = Trainer(tiny_config(tmp_path, precision="hif8", run_dir=str(tmp_path / "q"), **kw))
     base = Trainer(tiny_config(tmp_path, precision="bf16", run_dir=str(tmp_path / "b"), **kw))
+    probe = qat.model.scalers["model.layers.0.self_attn.q_proj.input"]
     for step in range(1, 9):
+        if step == 5:   # the first QAT step uses the scale the warm-up calibrated
+            expected_scale = np.float32(15.0) / np.max(probe.history)
         rq, rb = qat.step(), base.step()
         assert rq["lr"] == rb["lr"]         # one schedule; the phase switch changes precision only
         if step <= 4:
@@ -409,12 +412,25 @@ def test_warmup_steps_run_in_bf16_with_scalers_calibrating(tmp_path):
             assert rq["phase"] == "qat" and qat.model.precision == "hif8"
             assert not qat.model.calibrating
             assert rq["loss"] != rb["loss"]
+        if step == 5:
+            assert rq["scalers"][probe.name]["scale"] == expected_scale
     lrs = [r["lr"] for r in read_log(qat.run_dir)]
-    assert lrs[0] == pytest.approx(cfg_lr := qat.config.lr / 2) and lrs[1] == qat.config.lr
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and cfg_lr > 0
-    # the first QAT step uses the scale calibrated by the warm-up: fmax / max(history)
-    s = qat.model.scalers["model.layers.0.self_attn.q_proj.input"]
-    assert "scalers" not in read_log(base.run_dir)[0]
+    assert lrs[:2] == [qat.config.lr / 2, qat.config.lr]         # linear LR warm-up
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)               # cosine to min_lr = 0
+    assert "scalers" not in read_log(base.run_dir)[0]             # a baseline has none
+
+
+def test_dts_recipes_reach_weight_and_activation_scalers(tmp_path):
+    t = Trainer(tiny_config(tmp_path, weight=dict(window=8, margin=1.0),
+                            activation=dict(algo="most_recent", clip=False, ste="identity")))
+    names = t.model.scalers.names()
+    assert len(names) == 2 * 7 * TINY["num_hidden_layers"]
+    for sc in t.model.scalers:
+        if sc.name.endswith(".weight"):
+            assert (sc.window, sc.algo, sc.margin, sc.clip) == (8, "max", 1.0, True)
+        else:
+            assert (sc.window, sc.algo, sc.clip, sc.ste) == (64, "most_recent", False,
+                                                             "identity")
 
 
 def test_log_lines_and_summary_report_scalers_and_saturation(tmp_path):
@@ -587,6 +603,7 @@ def test_killed_save_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
     assert _final_state(resumed.run_dir)[0] == _final_state(reference)[0]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     t = Trainer(tiny_config(tmp_path, steps=10, precision="bf16"))
     for _ in range(3):
@@ -599,6 +616,38 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
         t.step()
     assert ckpt.latest_checkpoint(t.checkpoints_dir) == good
     assert Trainer.resume(t.run_dir).step()["step"] == 4
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_diverging_run_writes_its_summary_and_stops(tmp_path, monkeypatch):
+    t = Trainer(tiny_config(tmp_path, steps=6, checkpoint_every=2, precision="fp32"))
+    real_step = t.optimizer.step
+
+    def poisoned(grads, lr):      # after step 3 the parameters go bad
+        real_step(grads, lr)
+        if t.optimizer.t == 3:
+            t.model.params_flat[:] = np.inf
+
+    monkeypatch.setattr(t.optimizer, "step", poisoned)
+    with pytest.raises(TrainingDivergedError, match="step 4"):
+        t.run()
+    summary = json.load(open(os.path.join(t.run_dir, "summary.json")))
+    assert "step 4" in summary["stopped"] and summary["steps"] == 3
+    assert summary["last_checkpoint"].endswith("step_000002")
+    assert read_log(t.run_dir)[-1]["error"].startswith("the loss became")
+
+
+def test_fine_tuning_starts_from_a_saved_model_dir(tmp_path):
+    pre = train(tiny_config(tmp_path, steps=3, precision="fp32",
+                            run_dir=str(tmp_path / "pre")))
+    model_dir = json.load(open(os.path.join(pre, "summary.json")))["model_dir"]
+    pretrained = Trainer.resume(pre).model.params_flat.copy()
+    cfg = tiny_config(tmp_path, run_dir=str(tmp_path / "ft"), model_config=None,
+                      model_dir=model_dir, precision="hif8", bf16_warmup_steps=1, steps=2)
+    t = Trainer(cfg)
+    assert np.array_equal(t.model.params_flat, pretrained)
+    t.run()
+    assert not np.array_equal(t.model.params_flat, pretrained)
 
 
 def test_eval_hooks_run_periodically_without_changing_training(tmp_path):

@@ -329,7 +329,11 @@ class Trainer:
                 bar = None
         try:
             while not self.done:
-                rec = self.step()
+                try:
+                    rec = self.step()
+                except TrainingDivergedError as e:
+                    self.write_summary(stopped=str(e))   # a report can still show the run
+                    raise
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(phase=rec["phase"], loss=f"{rec['loss']:.4f}",
@@ -374,8 +378,9 @@ class Trainer:
                     self.last_record = rec
         ckpt.atomic_write_text(self.log_path, "".join(kept))
 
-    def summary(self) -> dict:
-        """Saturation events per layer and per scaler, losses, wall time."""
+    def summary(self, stopped: Optional[str] = None) -> dict:
+        """Saturation events per layer and per scaler, losses, wall time; ``stopped``
+        holds the reason when the run ended early."""
         cfg = self.config
         per_layer = {}
         for name, n in self.saturation_events.items():
@@ -401,6 +406,9 @@ class Trainer:
             "tokens_per_s": (self.step_index * cfg.tokens_per_step / self.elapsed_s
                              if self.elapsed_s > 0 else None),
             "last_checkpoint": self.last_checkpoint,
+            "model_dir": (os.path.join(self.last_checkpoint, "model")
+                          if self.last_checkpoint else None),
+            "stopped": stopped,
         }
         if self.uses_scalers:
             out["scalers"] = {r["name"]: {k: v for k, v in r.items() if k != "name"}
@@ -409,9 +417,9 @@ class Trainer:
             out["eval"] = self.last_record["eval"]
         return out
 
-    def write_summary(self) -> str:
+    def write_summary(self, stopped: Optional[str] = None) -> str:
         path = os.path.join(self.run_dir, "summary.json")
-        ckpt.atomic_write_text(path, json.dumps(_plain(self.summary()), indent=1,
+        ckpt.atomic_write_text(path, json.dumps(_plain(self.summary(stopped)), indent=1,
                                                 default=_json_default) + "\n")
         return path
 
