@@ -76,6 +76,8 @@ def _check_recipe(window, algo, fmax, margin, clip, ste):
 
 
 def _as_input(x, what="x") -> np.ndarray:
+    if isinstance(x, (np.float32, np.float64)):  # a NumPy scalar: a 0-d array
+        x = np.asarray(x)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{what} must be a numpy.ndarray of float32 or float64, got "
                         f"{type(x).__name__}; wrap it with np.asarray(..., dtype=np.float32)")
@@ -202,8 +204,11 @@ class DelayedScaler:
         """Fake-quantizes x with the delayed scale and records its amax.
 
         x_hat = decode(encode(clamp(x*scale, +-fmax))) * scale_inv, same shape and dtype
-        as x (float32 or float64). With an empty history the scale comes from x's own
-        amax (current scaling). NaN stays NaN; NaN/Inf make this step's amax +inf.
+        as x (float32 or float64; scale_inv is 1/scale in the input's precision). With an
+        empty history the scale comes from x's own amax (current scaling). NaN stays NaN;
+        NaN/Inf make this step's amax +inf. An empty x gives an empty result and records
+        nothing (like a step where the tensor did not run). Amaxes are kept as float32
+        (the history's type): a float64 amax beyond the float32 range counts as non-finite.
 
         Returns x_hat, or (x_hat, mask) with return_mask: mask (bool) is True where the
         straight-through gradient passes (not clipped; all True for ste="identity").
@@ -235,7 +240,7 @@ class DelayedScaler:
         """Calibrate mode: records x's amax (for the next update) without casting.
 
         Used during the BF16 warm-up and for post-training calibration, so that QAT or
-        evaluation starts from a full window."""
+        evaluation starts from a full window. RuntimeError if the scaler is frozen."""
         self._state.observe(_as_input(x))
 
     def record_amax(self, amax: float) -> None:
@@ -285,6 +290,15 @@ class DelayedScaler:
                 f"{', frozen' if self.frozen else ''})")
 
     # ---- checkpointing ----
+    def __getstate__(self) -> dict:  # pickle and copy.deepcopy
+        return {"recipe": self.recipe(), "name": self.name, "frozen": self.frozen,
+                "state": self.state_dict()}
+
+    def __setstate__(self, d: dict) -> None:
+        self.__init__(name=d["name"], **d["recipe"])
+        self.load_state_dict(d["state"])
+        self.frozen = d["frozen"]
+
     def state_dict(self) -> dict:
         """Recipe, scale, history (oldest first), n_valid and counters as plain values."""
         return {

@@ -523,6 +523,33 @@ def test_load_rejects_missing_or_malformed_fields(path, value):
         b.load_state_dict([1, 2])
 
 
+def test_pickle_and_deepcopy_keep_the_whole_state():
+    import copy
+    import pickle
+    a = hq.DelayedScaler(window=8, margin=2.0, name="x")
+    _run(a, 3, 10)
+    a.frozen = True
+    for b in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+        assert b.recipe() == a.recipe() and b.name == "x" and b.frozen
+        np.testing.assert_array_equal(b.history, a.history)
+        assert b.scale == a.scale and b.totals() == a.totals()
+
+
+def test_amax_beyond_float32_range_counts_as_non_finite():
+    s = hq.DelayedScaler()
+    s.record_amax(1e300)
+    s.update()
+    assert s.n_valid == 0 and s.totals()["nonfinite_amax_events"] == 1
+
+
+def test_numpy_scalars_and_zero_d_arrays_are_tensors_of_one_element():
+    s = _scaler_with_window_max(2.0)
+    y = s.quantize(np.float32(1.3))
+    assert y.shape == () and y.dtype == F32
+    assert y == hq.fake_quant(np.array([1.3], F32), 7.5, clip=15.0)[0]
+    assert s.step_stats()["n"] == 1
+
+
 # ---------------------------------------------------------------- ScalerGroup
 
 def test_scaler_group_updates_reports_and_checkpoints_all_scalers():
