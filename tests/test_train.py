@@ -173,6 +173,10 @@ def test_data_position_resumes_the_same_stream():
     other = TokenBatches(tokens[:-50], seq_len=16, batch_size=4, seed=0)
     with pytest.raises(ValueError, match="n_tokens"):
         other.load_state_dict(state)
+    edited = tokens.copy()
+    edited[100] += 1                      # same length, different content
+    with pytest.raises(ValueError, match="sha256"):
+        TokenBatches(edited, seq_len=16, batch_size=4, seed=0).load_state_dict(state)
 
 
 def test_loss_mask_turns_targets_into_ignore_index(tmp_path):
@@ -380,10 +384,10 @@ def comparable(records):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "hif8"])
 def test_tiny_model_learns_the_corpus(tmp_path, precision):
-    cfg = tiny_config(tmp_path, precision=precision, steps=30, lr=1e-2,
+    cfg = tiny_config(tmp_path, precision=precision, steps=20, lr=1e-2,
                       bf16_warmup_steps=5 if precision == "hif8" else 0)
     log = read_log(train(cfg))
-    assert len(log) == 30 and [r["step"] for r in log] == list(range(1, 31))
+    assert len(log) == 20 and [r["step"] for r in log] == list(range(1, 21))
     first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-3:]])
     assert first > 5.0                      # about log(256) at initialisation
     assert last < 0.4 * first, (first, last)

@@ -28,6 +28,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -125,6 +126,7 @@ class TokenBatches:
                 raise ValueError("loss_mask must have the shape of tokens")
         self.loss_mask = loss_mask
         self.batches_served = 0
+        self._fingerprint = None
         self._order_epoch = -1
         self._order = None
 
@@ -166,18 +168,30 @@ class TokenBatches:
         self.batches_served += 1
         return out
 
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the tokens and loss mask: a resumed run must read the same data."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.tokens.astype("<i8", copy=False).tobytes())
+            if self.loss_mask is not None:
+                h.update(b"mask")
+                h.update(np.packbits(self.loss_mask).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     def state_dict(self) -> dict:
         return {"batches_served": int(self.batches_served), "seed": self.seed,
                 "seq_len": self.seq_len, "batch_size": self.batch_size,
-                "n_tokens": int(len(self.tokens))}
+                "n_tokens": int(len(self.tokens)), "sha256": self.fingerprint}
 
     def load_state_dict(self, d: dict) -> None:
-        for key in ("seed", "seq_len", "batch_size", "n_tokens"):
+        keys = ("seed", "seq_len", "batch_size", "n_tokens", "sha256")
+        for key in keys:
             if key not in d:
                 raise ValueError(f"data state is missing {key!r}")
         mine = self.state_dict()
-        for key in ("seed", "seq_len", "batch_size", "n_tokens"):
-            if int(d[key]) != mine[key]:
+        for key in keys:
+            if d[key] != mine[key]:
                 raise ValueError(f"data state does not match this data: {key} was "
                                  f"{d[key]}, now {mine[key]} (different data file or config)")
         served = d.get("batches_served")

@@ -22,7 +22,7 @@ Example::
 
     >>> p = np.ones(4, np.float32); g = np.full(4, 0.5, np.float32)
     >>> opt = AdamW(p, lr=0.1)
-    >>> opt.step(g, lr=0.1); p.round(3).tolist()
+    >>> opt.step(g, lr=0.1); [round(float(v), 3) for v in p]
     [0.9, 0.9, 0.9, 0.9]
 """
 from __future__ import annotations
