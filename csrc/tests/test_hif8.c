@@ -1,0 +1,134 @@
+/* C unit tests of the codec, built with -fsanitize=address,undefined by .ci/run.
+ * Every ISA path this CPU has must agree bit for bit with the scalar reference. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../cpu.h"
+#include "../hif8.h"
+
+static int failures = 0;
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        if (!(cond)) {                                                    \
+            failures++;                                                   \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);          \
+            fprintf(stderr, __VA_ARGS__);                                 \
+            fprintf(stderr, "\n");                                        \
+        }                                                                 \
+    } while (0)
+
+static uint64_t rng_state = 0x1234567887654321ull;
+static uint32_t next_u32(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+static void test_spec_examples(void) {
+    CHECK(hif8_decode(0x08) == 1.0f, "0x08");
+    CHECK(hif8_decode(0x0E) == 1.75f, "0x0E");
+    CHECK(hif8_decode(0x2E) == 14.0f, "0x2E");
+    CHECK(hif8_decode(0x2F) == 15.0f, "0x2F");
+    CHECK(hif8_decode(0x6E) == 32768.0f, "0x6E");
+    CHECK(hif8_decode(0x7E) == ldexpf(1.0f, -15), "0x7E");
+    CHECK(hif8_decode(0x01) == ldexpf(1.0f, -22), "0x01");
+    CHECK(isinf(hif8_decode(0x6F)) && isnan(hif8_decode(0x80)), "specials");
+    CHECK(hif8_encode_f32(7.75f, 1) == hif8_encode_f32(8.0f, 1), "tie away");
+    CHECK(hif8_decode(hif8_encode_f32(15.5f, 1)) == 16.0f, "15.5");
+    CHECK(hif8_encode_f32(40960.0f, 1) == 0x6E && hif8_encode_f32(40960.0f, 0) == 0x6F, "overflow");
+    CHECK(hif8_encode_f32(-0.0f, 1) == 0x00 && hif8_encode_f32(-1e-30f, 1) == 0x00, "no -0");
+    CHECK(hif8_encode_f32(NAN, 1) == 0x80, "nan");
+    CHECK(hif8_clip_threshold(15.0) == 15.5, "threshold 15");
+    CHECK(hif8_clip_threshold(0.0) == 40960.0, "threshold none");
+}
+
+static void test_round_trip(void) {
+    for (unsigned c = 0; c < 256; c++) {
+        if (c == 0x80) continue;
+        CHECK(hif8_encode_f32(hif8_decode((uint8_t)c), 0) == c, "round trip f32 0x%02X", c);
+        CHECK(hif8_encode_f64((double)hif8_decode((uint8_t)c), 0) == c, "round trip f64 0x%02X", c);
+    }
+}
+
+/* Monotonic: the decoded value of encode(x) never decreases as x grows. */
+static void test_monotonic(void) {
+    float prev = -INFINITY;
+    for (int k = -2000000; k <= 2000000; k++) {
+        /* a sweep over +-50000 that is dense near zero: x = sign * 50000 * (|k|/2e6)^6 */
+        double t = (double)k / 2000000.0;
+        float x = (float)(50000.0 * t * t * t * t * t * fabs(t));
+        float v = hif8_decode(hif8_encode_f32(x, 1));
+        CHECK(v >= prev, "monotonic at %g", x);
+        prev = v;
+    }
+}
+
+static void run_paths(const float *x, size_t n, const hif8_cast_params *p, uint8_t *codes,
+                      float *vals, uint8_t *mask, hif8_stats *st, hq_isa isa) {
+    hq_set_isa(isa);
+    memset(st, 0, sizeof *st);
+    hif8_cast_f32(x, n, p, codes, vals, mask, st);
+}
+
+static void test_paths_agree(void) {
+    const size_t n = 100003;
+    float *x = malloc(n * sizeof *x);
+    uint8_t *c0 = malloc(n), *c1 = malloc(n), *m0 = malloc(n), *m1 = malloc(n);
+    float *v0 = malloc(n * sizeof *v0), *v1 = malloc(n * sizeof *v1);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = next_u32();
+        if (i % 3 == 0) { /* mostly realistic magnitudes, some raw bit patterns */
+            float f = (float)((int32_t)b) / 2147483648.0f * 40.0f;
+            memcpy(&x[i], &f, 4);
+        } else {
+            memcpy(&x[i], &b, 4);
+        }
+    }
+    hq_isa isas[3] = {HQ_ISA_SCALAR, HQ_ISA_AVX2, HQ_ISA_AVX512};
+    double clips[3] = {0.0, 15.0, 224.0};
+    for (int stoch = 0; stoch < 2; stoch++)
+        for (int ci = 0; ci < 3; ci++)
+            for (int sat = 0; sat < 2; sat++) {
+                hif8_cast_params p = {1.75, 1.0 / 1.75, clips[ci], stoch, sat, 42, 5};
+                hif8_stats s0, s1;
+                run_paths(x, n, &p, c0, v0, m0, &s0, HQ_ISA_SCALAR);
+                for (int k = 1; k < 3; k++) {
+                    if (hq_set_isa(isas[k]) != 0) continue;
+                    run_paths(x, n, &p, c1, v1, m1, &s1, isas[k]);
+                    CHECK(!memcmp(c0, c1, n), "codes differ %s stoch=%d clip=%g", hq_isa_name(isas[k]), stoch, clips[ci]);
+                    CHECK(!memcmp(v0, v1, n * 4), "values differ %s", hq_isa_name(isas[k]));
+                    CHECK(!memcmp(m0, m1, n), "mask differ %s", hq_isa_name(isas[k]));
+                    CHECK(s0.n == s1.n && s0.clipped == s1.clipped && s0.zero_flushed == s1.zero_flushed &&
+                              s0.nonfinite == s1.nonfinite && s0.amax == s1.amax,
+                          "stats differ %s", hq_isa_name(isas[k]));
+                }
+                /* codes and values agree with the scalar encoder */
+                for (size_t i = 0; i < n; i++) {
+                    float y = x[i] * 1.75f;
+                    if (clips[ci] > 0 && !isnan(y)) y = fminf(fmaxf(y, -(float)clips[ci]), (float)clips[ci]);
+                    if (!stoch) {
+                        uint8_t want = hif8_encode_f32(y, sat);
+                        if (c0[i] != want) {
+                            CHECK(0, "code %zu: x=%g got 0x%02X want 0x%02X", i, x[i], c0[i], want);
+                            break;
+                        }
+                    }
+                }
+            }
+    hq_set_isa(hq_cpu_has_avx2() ? HQ_ISA_AVX2 : HQ_ISA_SCALAR);
+    free(x), free(c0), free(c1), free(m0), free(m1), free(v0), free(v1);
+}
+
+int main(void) {
+    hif8_init();
+    test_spec_examples();
+    test_round_trip();
+    test_monotonic();
+    test_paths_agree();
+    printf("test_hif8: %s (avx2=%d avx512=%d)\n", failures ? "FAILED" : "ok", hq_cpu_has_avx2(),
+           hq_cpu_has_avx512());
+    return failures != 0;
+}
