@@ -214,6 +214,7 @@ class DelayedScaler:
         straight-through gradient passes (not clipped; all True for ste="identity").
 
         Example:
+            >>> import numpy as np, hif8qat as hq
             >>> s = hq.DelayedScaler(window=8)
             >>> x_hat, mask = s.quantize(np.ones(4, np.float32), return_mask=True)
         """
@@ -229,7 +230,10 @@ class DelayedScaler:
         Python float holding a float32 value); mask as in quantize(return_mask=True).
 
         Example:
+            >>> import numpy as np, hif8qat as hq
             >>> codes, scale_inv, mask = hq.DelayedScaler().quantize_codes(np.ones(4, np.float32))
+            >>> codes, scale_inv
+            (array([47, 47, 47, 47], dtype=uint8), 0.06666667014360428)
         """
         x = _as_input(x)
         _, codes, mask, _, scale_inv = self._state.cast(
@@ -447,6 +451,7 @@ class ScalerGroup:
     ``diagnostics()`` (the step just finished) -> ``update()``.
 
     Example:
+        >>> import hif8qat as hq
         >>> g = hq.ScalerGroup()
         >>> q = g.add(hq.DelayedScaler(name="layers.0.q_proj.input"))
         >>> g.update()                       # once per optimizer step
