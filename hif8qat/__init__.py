@@ -46,3 +46,6 @@ __all__ += ["ByteTokenizer", "EvalResult", "acc_stderr", "evaluate", "load_task"
             "load_tokenizer", "paired_bootstrap", "register_task"]
 
 # ---- embedded world (issue 8) ----
+from . import world  # noqa: E402  (registers world_knowledge/commonsense/reasoning)
+
+__all__ += ["world"]

@@ -22,7 +22,8 @@ from .generate import GENERATOR_VERSION, SIZES, WorldSpec, generate
 from .tasks import TASK_NAMES, task_specs, verify_world, world_dir
 
 __all__ = ["GENERATOR_VERSION", "SIZES", "WorldSpec", "generate", "TASK_NAMES",
-           "task_specs", "verify_world", "world_dir", "recipe_path", "main_world"]
+           "task_specs", "verify_world", "world_dir", "recipe_path", "pretrain_config",
+           "finetune_data", "main_world"]
 
 
 def recipe_path(name: str = "pretrain") -> str:
@@ -31,6 +32,36 @@ def recipe_path(name: str = "pretrain") -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no world recipe named {name!r} (looked for {path})")
     return path
+
+
+def pretrain_config(seed: int | None = None, size: str = "full", recipe: str = "pretrain",
+                    overrides: dict | None = None):
+    """The shipped pretraining recipe as a TrainConfig whose ``data`` is the world's
+    ``pretrain.txt`` (the world is generated and cached on first use).
+
+    Example::
+
+        >>> cfg = hq.world.pretrain_config(0, "tiny", overrides={"steps": 50})  # doctest: +SKIP
+        >>> run_dir = hq.train(cfg)                                             # doctest: +SKIP
+    """
+    try:
+        import tomllib as toml
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as toml
+    from ..train.config import TrainConfig
+
+    path = recipe_path(recipe)
+    with open(path, "rb") as fh:
+        d = toml.load(fh)
+    root = world_dir(seed, size)
+    d["data"] = os.path.join(root, d.get("data", "pretrain.txt"))
+    cfg = TrainConfig.from_dict(d, source=path)
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def finetune_data(seed: int | None = None, size: str = "full") -> str:
+    """Path of the world's fine-tuning corpus (another domain), generated if needed."""
+    return os.path.join(world_dir(seed, size), "finetune.txt")
 
 
 def main_world(argv=None) -> int:
