@@ -92,6 +92,14 @@ def assert_same_as_golden(s, g):
 @pytest.mark.parametrize("window,algo", [(1, "max"), (31, "max"), (64, "max"), (1024, "max"),
                                          (1, "most_recent"), (64, "most_recent")])
 def test_update_matches_golden_model_on_random_amax_sequences(window, algo, margin):
+    _compare_with_golden_on_random_amaxes(window, algo, margin)
+
+
+def test_fractional_margin_matches_golden_model():
+    _compare_with_golden_on_random_amaxes(31, "max", 0.5)
+
+
+def _compare_with_golden_on_random_amaxes(window, algo, margin):
     rng = np.random.default_rng(window * 10 + int(margin))
     s = hq.DelayedScaler(window=window, algo=algo, margin=margin)
     g = GoldenScaler(window, algo, margin=margin)
@@ -245,6 +253,17 @@ def test_tensor_whose_amax_equals_the_window_max_shows_no_saturation():
         assert mask.all() and s.step_stats()["clipped"] == 0
         assert s.step_stats()["headroom"] == pytest.approx(1.0, rel=1e-6)
     assert above > 0  # the case the rule exists for did occur
+
+
+def test_gradient_fmax_224_clips_where_the_clamp_changes_the_code():
+    x = np.random.default_rng(12).standard_normal(20000).astype(F32)
+    s = _scaler_with_window_max(float(np.abs(x).max()) / 2, fmax=224.0)
+    y_hat, mask = s.quantize(x, return_mask=True)
+    scaled = x * F32(s.scale)
+    changed = hq.to_hif8(scaled) != hq.to_hif8(np.clip(scaled, -224, 224))
+    assert 0 < changed.sum() < x.size
+    np.testing.assert_array_equal(mask, ~changed)
+    np.testing.assert_array_equal(y_hat, hq.fake_quant(x, s.scale, clip=224.0))
 
 
 def test_identity_ste_passes_every_gradient_but_still_counts_clipping():
