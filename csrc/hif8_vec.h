@@ -13,8 +13,12 @@ typedef uint8_t vb __attribute__((vector_size(VW)));
 
 #define SEL(m, a, b) (((a) & (vu)(m)) | ((b) & ~(vu)(m))) /* m ? a : b, m lanes 0/-1 */
 
-void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0,
-                   uint8_t *codes, float *values, uint8_t *mask, hif8_stats *st) {
+/* The body, specialised by the always-inlined constant flags below so that a
+ * fake-quant call never computes codes and a nearest cast never hashes indices. */
+static inline __attribute__((always_inline)) void
+vec_body(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0, uint8_t *codes,
+         float *values, uint8_t *mask, hif8_stats *st, const int want_codes, const int want_values,
+         const int want_mask, const int stochastic) {
     const uint32_t key = hif8_seed_key(p->seed, (uint32_t)(index0 >> 32));
     uint32_t clip_bits;
     memcpy(&clip_bits, &p->clip, 4);
@@ -27,18 +31,18 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
         vf xv;
         memcpy(&xv, x + i, sizeof xv);
         vu xb = (vu)xv, axb = xb & 0x7fffffffu;
-        vi x_nonfinite = axb >= 0x7f800000u;
+        vi x_nonfinite = (vi)axb >= 0x7f800000; /* magnitudes compare as signed: no sign-flip emulation */
         n_nonfinite -= x_nonfinite;
         vu finite_ax = SEL(x_nonfinite, (vu){0}, axb);
-        amax_v = SEL(finite_ax > amax_v, finite_ax, amax_v);
+        amax_v = SEL((vi)finite_ax > (vi)amax_v, finite_ax, amax_v);
 
         vf y = xv * p->scale;
         vu yb = (vu)y, ab = yb & 0x7fffffffu, neg = yb >> 31;
-        vi is_nan = ab > 0x7f800000u;
+        vi is_nan = (vi)ab > 0x7f800000;
         vi is_clipped = (vf)ab >= p->threshold; /* false for NaN */
         n_clipped -= is_clipped;
-        ab = SEL((ab > clip_bits) & ~is_nan, (vu){0} + clip_bits, ab);
-        vi overflow = (ab >= 0x47200000u) & ~is_nan;
+        ab = SEL(((vi)ab > (int32_t)clip_bits) & ~is_nan, (vu){0} + clip_bits, ab);
+        vi overflow = ((vi)ab >= 0x47200000) & ~is_nan;
 
         /* the rounding core of hif8_core.h */
         vi e = (vi)(ab >> 23) - 127;
@@ -47,7 +51,7 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
         mw = (vi)SEL(e < -15, (vu){0}, (vu)mw);
         vu sh = (vu)(23 - mw);
         vu add, small;
-        if (p->stochastic) {
+        if (stochastic) {
             vu idx = (vu)lane + (uint32_t)(index0 + i);
             vu h = idx * 0x9E3779B1u + key;
             h ^= h >> 16; h *= 0x85EBCA6Bu;
@@ -59,11 +63,11 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
             small = SEL(up, (vu){0} + 0x34800000u, (vu){0});
         } else {
             add = ((vu){0} + 1u) << (sh - 1);
-            small = SEL(ab >= 0x34000000u, (vu){0} + 0x34800000u, (vu){0});
+            small = SEL((vi)ab >= 0x34000000, (vu){0} + 0x34800000u, (vu){0});
         }
         vu rb = (ab + add) & ~((((vu){0} + 1u) << sh) - 1u);
-        rb = SEL(rb >= 0x47400000u, (vu){0} + 0x47000000u, rb);
-        vi is_small = ab < 0x34800000u;
+        rb = SEL((vi)rb >= 0x47400000, (vu){0} + 0x47000000u, rb);
+        vi is_small = (vi)ab < 0x34800000;
         rb = SEL(is_small, small, rb);
 
         /* positive code from the rounded magnitude */
@@ -94,15 +98,15 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
         code = SEL(is_nan, (vu){0} + 0x80u, code);
         rb = SEL(is_nan, ab, rb);
 
-        if (codes) {
+        if (want_codes) {
             vb c8 = __builtin_convertvector(code, vb);
             memcpy(codes + i, &c8, sizeof c8);
         }
-        if (mask) {
+        if (want_mask) {
             vb m8 = __builtin_convertvector((vu)(~is_clipped) & 1u, vb);
             memcpy(mask + i, &m8, sizeof m8);
         }
-        if (values) {
+        if (want_values) {
             vf v = (vf)(rb | neg << 31) * p->scale_inv;
             memcpy(values + i, &v, sizeof v);
         }
@@ -127,4 +131,20 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
     st->nonfinite += nf + tail.nonfinite;
     if (amax > st->amax) st->amax = amax;
     if (tail.amax > st->amax) st->amax = tail.amax;
+}
+
+#define HIF8_VEC_CASE(c, v, m, s)                                                          \
+    case (c) | (v) << 1 | (m) << 2 | (s) << 3:                                            \
+        vec_body(x, n, p, index0, codes, values, mask, st, c, v, m, s);                  \
+        return;
+
+void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0,
+                   uint8_t *codes, float *values, uint8_t *mask, hif8_stats *st) {
+    int sel = (codes != NULL) | (values != NULL) << 1 | (mask != NULL) << 2 | (p->stochastic != 0) << 3;
+    switch (sel) {
+        HIF8_VEC_CASE(0, 0, 0, 0) HIF8_VEC_CASE(1, 0, 0, 0) HIF8_VEC_CASE(0, 1, 0, 0) HIF8_VEC_CASE(1, 1, 0, 0)
+        HIF8_VEC_CASE(0, 0, 1, 0) HIF8_VEC_CASE(1, 0, 1, 0) HIF8_VEC_CASE(0, 1, 1, 0) HIF8_VEC_CASE(1, 1, 1, 0)
+        HIF8_VEC_CASE(0, 0, 0, 1) HIF8_VEC_CASE(1, 0, 0, 1) HIF8_VEC_CASE(0, 1, 0, 1) HIF8_VEC_CASE(1, 1, 0, 1)
+        HIF8_VEC_CASE(0, 0, 1, 1) HIF8_VEC_CASE(1, 0, 1, 1) HIF8_VEC_CASE(0, 1, 1, 1) HIF8_VEC_CASE(1, 1, 1, 1)
+    }
 }
