@@ -294,7 +294,8 @@ def test_quantize_codes_is_to_hif8_of_the_clamped_product():
     np.testing.assert_array_equal(codes, hq.to_hif8(np.clip(x * scale, -15, 15)))
     assert scale_inv == float(F32(1.0) / scale)
     np.testing.assert_array_equal(mask, np.abs(x * scale) < 15.5)
-    np.testing.assert_array_equal(hq.from_hif8(codes, scale_inv), hq.fake_quant(x, s.scale, clip=15.0))
+    np.testing.assert_array_equal(hq.from_hif8(codes, scale_inv),
+                                  hq.fake_quant(x, s.scale, clip=15.0))
     assert s.step_stats()["amax"] == float(np.abs(x).max())
 
 
