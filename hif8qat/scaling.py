@@ -51,28 +51,25 @@ def _is_real(v) -> bool:
 
 def _check_recipe(window, algo, fmax, margin, clip, ste):
     """Validates a recipe: TypeError for a wrong type, ValueError for a bad value."""
-    type_error, error = TypeError, ValueError
     if not _is_int(window):
-        raise type_error(f"window must be an int >= 1, got {window!r}")
+        raise TypeError(f"window must be an int >= 1, got {window!r}")
     if not 1 <= int(window) <= _MAX_WINDOW:
-        raise error(f"window must be in [1, {_MAX_WINDOW}], got {window}")
+        raise ValueError(f"window must be in [1, {_MAX_WINDOW}], got {window}")
     if not isinstance(algo, str) or algo not in _ALGOS:
-        raise error(f"algo must be one of {_ALGOS}, got {algo!r}")
+        raise ValueError(f"algo must be one of {_ALGOS}, got {algo!r}")
     if not _is_real(fmax):
-        raise type_error(f"fmax must be a real number, got {fmax!r}")
-    if not (math.isfinite(fmax) and 0.0 < fmax <= _HIF8_MAX):
-        raise error(f"fmax must be finite, > 0 and <= 32768 (the largest HiF8 value), "
-                    f"got {fmax!r}; use 15.0 for activations/weights, 224.0 for gradients")
-    if float(np.float32(fmax)) <= 0.0:
-        raise error(f"fmax underflows float32: {fmax!r}")
+        raise TypeError(f"fmax must be a real number, got {fmax!r}")
+    if not (math.isfinite(fmax) and 0.0 < fmax <= _HIF8_MAX and np.float32(fmax) > 0):
+        raise ValueError(f"fmax must be finite, > 0 and <= 32768 (the largest HiF8 value), "
+                         f"got {fmax!r}; use 15.0 for activations/weights, 224.0 for gradients")
     if not _is_real(margin):
-        raise type_error(f"margin must be a real number, got {margin!r}")
+        raise TypeError(f"margin must be a real number, got {margin!r}")
     if not (math.isfinite(margin) and 0.0 <= margin <= _MAX_MARGIN):
-        raise error(f"margin must be finite and in [0, {_MAX_MARGIN:g}], got {margin!r}")
+        raise ValueError(f"margin must be finite and in [0, {_MAX_MARGIN:g}], got {margin!r}")
     if not isinstance(clip, (bool, np.bool_)):
-        raise type_error(f"clip must be a bool, got {clip!r}")
+        raise TypeError(f"clip must be a bool, got {clip!r}")
     if not isinstance(ste, str) or ste not in _STES:
-        raise error(f"ste must be one of {_STES}, got {ste!r}")
+        raise ValueError(f"ste must be one of {_STES}, got {ste!r}")
 
 
 def _as_input(x, what="x") -> np.ndarray:
