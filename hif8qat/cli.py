@@ -15,12 +15,12 @@ def _code_table() -> str:
     from .format import hif8_values
     v = hif8_values()
     lines = ["HiF8 code table: value of code 0xRC (row R = high nibble, column C = low nibble)",
-             "      " + "".join(f"{c:>11X}" for c in range(16))]
+             "     " + "".join(f"{c:>12X}" for c in range(16))]
     for r in range(16):
         cells = []
         for c in range(16):
             x = float(v[r * 16 + c])
-            cells.append(f"{x:>11.4g}")
+            cells.append(f"{x:>12.6g}")
         lines.append(f"  {r:X}_  " + "".join(cells))
     lines.append("0x00 = 0 (the only zero), 0x80 = NaN, 0x6F/0xEF = ±Inf, 0x6E = 32768 (largest finite), "
                  "0x01 = 2^-22 (smallest positive)")
@@ -84,16 +84,57 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--n", type=int, default=1 << 20, help="elements of random data (default 2^20)")
     pi.add_argument("--seed", type=int, default=0)
     pi.set_defaults(func=cmd_inspect)
+    for name, (module, func, text) in DELEGATED.items():
+        sp = sub.add_parser(name, help=text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=_delegate(module, func))
     return p
 
 
+# Subcommands whose parsing lives with their concern: (module, function, help).
+DELEGATED = {
+    "demo": ("hif8qat.experiments.demo", "main_demo",
+             "the paper in miniature on the embedded world (--quick for a tiny run)"),
+    "train": ("hif8qat.train", "main_train", "train from a TOML config (--resume RUN_DIR)"),
+    "eval": ("hif8qat.experiments.eval_cli", "main_eval", "evaluate a model directory on tasks"),
+    "ablate": ("hif8qat.experiments.ablate", "main_ablate", "run a grid of training runs from a TOML grid"),
+    "report": ("hif8qat.experiments.report", "main_report", "the comparison table of run directories"),
+    "world": ("hif8qat.world", "main_world", "generate the embedded benchmark world"),
+}
+
+
+def _run_delegated(command: str, rest: list) -> int:
+    import importlib
+    module, func, _ = DELEGATED[command]
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        print(f"hif8qat {command}: not available in this build ({e})", file=sys.stderr)
+        return 2
+    try:
+        return int(fn(rest) or 0)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+
+
+def _delegate(module: str, func: str):
+    command = next(k for k, v in DELEGATED.items() if v[0] == module and v[1] == func)
+    return lambda args: _run_delegated(command, list(args.rest))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        # hand the rest over untouched (argparse's REMAINDER would swallow "--help")
+        return _run_delegated(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 1:
+    if args.command == "inspect" and args.n < 1:
         parser.error("--n must be >= 1")
     try:
         return int(args.func(args) or 0)
+    except SystemExit as e:  # argparse inside a subcommand: keep its status (2 on bad usage)
+        return e.code if isinstance(e.code, int) else 2
     except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         print(f"hif8qat {args.command}: error: {e}", file=sys.stderr)
         return 2
