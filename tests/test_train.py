@@ -247,6 +247,29 @@ def test_adamw_matches_a_float64_reference():
     assert opt.t == 12
 
 
+def test_blocked_adamw_equals_a_whole_array_float32_update_bit_for_bit():
+    # 150,001 elements: three blocks, decayed runs that cross block boundaries
+    n = 150_001
+    rng = np.random.default_rng(4)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    mask = np.zeros(n, np.float32)
+    mask[1000:70000] = 1
+    mask[130000:140000] = 1
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    p = p0.copy()
+    opt = AdamW(p, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay_mask=mask)
+    q, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    f = np.float32
+    for t, g in enumerate(grads, start=1):
+        opt.step(g, 1e-2)
+        m = m * f(0.9) + g * f(1 - 0.9)
+        v = v * f(0.95) + (g * g) * f(1 - 0.95)
+        q = np.where(mask > 0, q * f(1 - 1e-2 * 0.1), q)
+        denom = np.sqrt(v) * f(1 / math.sqrt(1 - 0.95 ** t)) + f(1e-8)
+        q = q - (m / denom) * f(1e-2 / (1 - 0.9 ** t))
+    assert np.array_equal(p, q) and np.array_equal(opt.m, m) and np.array_equal(opt.v, v)
+
+
 def test_weight_decay_touches_matrices_only():
     flat = np.ones(4 * 3 + 3 + 4, np.float32)
     views = {"w": flat[:12].reshape(4, 3), "b": flat[12:15], "norm": flat[15:]}

@@ -6,7 +6,7 @@ optimizer is a handful of whole-array NumPy operations (llm.c's ``adamw_update``
 
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g^2
-    p = p - lr * wd * mask * p                          # decoupled weight decay
+    p = p * (1 - lr * wd)          (matrices only)      # decoupled weight decay
     p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
 Weight decay applies to matrices only (parameters with two or more dimensions: the
@@ -31,15 +31,19 @@ import math
 
 import numpy as np
 
-_CHUNK = 1 << 20  # elements per float64 chunk of the norm sum
+_CHUNK = 1 << 16  # elements per block: the optimizer's temporaries stay in the L2 cache
 
 
 def global_grad_norm(grads: np.ndarray) -> float:
-    """L2 norm of a flat float32 gradient buffer, summed in float64."""
+    """L2 norm of a flat float32 gradient buffer: squares and sums in float64, block
+    by block (NumPy's pairwise sum, no BLAS), so the result never depends on threads."""
     total = 0.0
+    sq = np.empty(min(_CHUNK, grads.size), dtype=np.float64)
     for start in range(0, grads.size, _CHUNK):
-        c = grads[start:start + _CHUNK].astype(np.float64)
-        total += float(np.sum(c * c))
+        c = grads[start:start + _CHUNK]
+        t = sq[:c.size]
+        np.multiply(c, c, out=t, dtype=np.float64)
+        total += float(t.sum())
     return math.sqrt(total)
 
 
@@ -99,12 +103,21 @@ def matrix_decay_mask(params_flat: np.ndarray, param_views: dict) -> np.ndarray:
     return mask
 
 
+def _mask_to_ranges(mask: np.ndarray) -> list:
+    """[(start, stop)] runs where mask != 0."""
+    on = np.concatenate(([0], (np.asarray(mask) != 0).astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(on))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 class AdamW:
     """AdamW over one flat float32 parameter buffer, updated in place.
 
-    ``decay_mask``: float32 array like params (1 = decayed), or None to decay all.
-    ``step(grads, lr)`` applies one update with the given learning rate (the schedule
-    lives in the trainer, so the optimizer holds no schedule state to drift).
+    ``decay_mask``: array like params (non-zero = decayed, e.g. matrix_decay_mask), or
+    None to decay everything. ``step(grads, lr)`` applies one update with the given
+    learning rate (the schedule lives in the trainer, so the optimizer holds no
+    schedule state to drift). The update runs block by block so its temporaries stay
+    in cache; every operation is elementwise, so the blocking never changes a bit.
     """
 
     def __init__(self, params: np.ndarray, *, lr: float = 1e-4, betas=(0.9, 0.95),
@@ -113,57 +126,73 @@ class AdamW:
             raise TypeError("AdamW needs the flat float32 parameter buffer (1-D float32)")
         if not params.flags.c_contiguous:
             raise ValueError("AdamW needs a contiguous parameter buffer")
-        if decay_mask is not None:
-            decay_mask = np.asarray(decay_mask, dtype=np.float32)
+        n = params.size
+        if decay_mask is None:
+            ranges = [(0, n)]
+        else:
+            decay_mask = np.asarray(decay_mask)
             if decay_mask.shape != params.shape:
                 raise ValueError(f"decay_mask shape {decay_mask.shape} differs from params "
                                  f"{params.shape}")
+            ranges = _mask_to_ranges(decay_mask)
         self.params = params
         self.lr = float(lr)
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
-        self.decay_mask = decay_mask
+        self.decay_ranges = ranges
+        # per block, the decayed runs inside it (block-local coordinates)
+        self._block_decay = []
+        for a in range(0, n, _CHUNK):
+            b = min(a + _CHUNK, n)
+            self._block_decay.append([(max(x, a) - a, min(y, b) - a) for x, y in ranges
+                                      if x < b and y > a])
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
         self.t = 0
-        self._tmp = np.empty_like(params)
+        self._tmp = np.empty(min(_CHUNK, n), dtype=np.float32)
 
     def step(self, grads: np.ndarray, lr: float | None = None) -> None:
-        g = grads
-        if g.shape != self.params.shape or g.dtype != np.float32:
+        if (not isinstance(grads, np.ndarray) or grads.shape != self.params.shape
+                or grads.dtype != np.float32):
             raise ValueError(f"gradients must be float32 of shape {self.params.shape}, got "
-                             f"{g.dtype} {g.shape}")
+                             f"{getattr(grads, 'dtype', type(grads).__name__)} "
+                             f"{getattr(grads, 'shape', '')}")
         lr = self.lr if lr is None else float(lr)
         self.t += 1
-        b1, b2 = self.beta1, self.beta2
         f32 = np.float32
-        # m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g*g
-        self.m *= f32(b1)
-        self.m += f32(1.0 - b1) * g
-        self.v *= f32(b2)
-        np.multiply(g, g, out=self._tmp)
-        self._tmp *= f32(1.0 - b2)
-        self.v += self._tmp
-        # decoupled weight decay, on the masked (matrix) entries only
-        if self.weight_decay and lr:
-            if self.decay_mask is None:
-                self.params *= f32(1.0 - lr * self.weight_decay)
-            else:
-                np.multiply(self.params, self.decay_mask, out=self._tmp)
-                self._tmp *= f32(lr * self.weight_decay)
-                self.params -= self._tmp
-        # p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps): the bias corrections
-        # folded into two scalars, as in PyTorch's AdamW
-        bc1 = 1.0 - b1 ** self.t
-        bc2 = 1.0 - b2 ** self.t
-        step_size = lr / bc1
-        np.sqrt(self.v, out=self._tmp)
-        self._tmp *= f32(1.0 / math.sqrt(bc2))
-        self._tmp += f32(self.eps)
-        np.divide(self.m, self._tmp, out=self._tmp)
-        self._tmp *= f32(step_size)
-        self.params -= self._tmp
+        b1, b2 = f32(self.beta1), f32(self.beta2)
+        one_minus_b1, one_minus_b2 = f32(1.0 - self.beta1), f32(1.0 - self.beta2)
+        # p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps): the bias corrections folded
+        # into two scalars, as in PyTorch's AdamW
+        step_size = f32(lr / (1.0 - self.beta1 ** self.t))
+        inv_sqrt_bc2 = f32(1.0 / math.sqrt(1.0 - self.beta2 ** self.t))
+        eps = f32(self.eps)
+        decay = f32(1.0 - lr * self.weight_decay) if self.weight_decay and lr else None
+        n = self.params.size
+        for k, a in enumerate(range(0, n, _CHUNK)):
+            b = min(a + _CHUNK, n)
+            p, g = self.params[a:b], grads[a:b]
+            m, v, tmp = self.m[a:b], self.v[a:b], self._tmp[:b - a]
+            # m = b1*m + (1-b1)*g
+            m *= b1
+            np.multiply(g, one_minus_b1, out=tmp)
+            m += tmp
+            # v = b2*v + (1-b2)*g*g
+            v *= b2
+            np.multiply(g, g, out=tmp)
+            tmp *= one_minus_b2
+            v += tmp
+            # decoupled weight decay, on the matrices only
+            if decay is not None:
+                for x, y in self._block_decay[k]:
+                    p[x:y] *= decay
+            np.sqrt(v, out=tmp)
+            tmp *= inv_sqrt_bc2
+            tmp += eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
 
     def state_dict(self) -> dict:
         """Arrays and scalars that restore the optimizer exactly."""
