@@ -396,9 +396,7 @@ def test_json_state_round_trips_dtypes_and_special_floats(tmp_path):
 from hif8qat.train import WALL_CLOCK_FIELDS, Trainer, TrainingDivergedError, main_train, train  # noqa: E402
 
 
-def read_log(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as fh:
-        return [json.loads(line) for line in fh]
+from hif8qat.train import read_log  # noqa: E402
 
 
 def comparable(records):
@@ -523,6 +521,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         json.dumps(s_split["scalers"], sort_keys=True, default=str)
     assert s_full["trainer_state"]["data"] == s_split["trainer_state"]["data"]
     assert comparable(read_log(full)) == comparable(read_log(split))
+    assert read_log(full, wall_clock=False) == comparable(read_log(split))
 
 
 def _token_masked_data(tmp_path):
@@ -599,8 +598,15 @@ def test_incompatible_config_on_resume_is_rejected_and_nothing_changes(tmp_path)
     for p, content in before.items():
         assert open(os.path.join(run_dir, p), "rb").read() == content
     ckpt.verify_checkpoint(ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
-    # a longer run is a compatible change
-    t = Trainer.resume(run_dir, cfg.with_overrides({"steps": 8}))
+    # the data may move, but not change
+    edited = tmp_path / "edited.txt"
+    edited.write_text(CORPUS.replace("cat", "rat"))
+    with pytest.raises(ckpt.CheckpointError, match="sha256"):
+        Trainer.resume(run_dir, cfg.with_overrides({"data": str(edited)}))
+    moved = tmp_path / "moved.txt"
+    moved.write_text(CORPUS)
+    # a longer run on the moved data is a compatible change
+    t = Trainer.resume(run_dir, cfg.with_overrides({"steps": 8, "data": str(moved)}))
     t.run()
     assert [r["step"] for r in read_log(run_dir)] == list(range(1, 9))
 

@@ -11,10 +11,10 @@ import sys
 
 from .checkpoint import CheckpointError
 from .config import ScalingRecipe, TrainConfig
-from .trainer import WALL_CLOCK_FIELDS, Trainer, TrainingDivergedError, train
+from .trainer import WALL_CLOCK_FIELDS, Trainer, TrainingDivergedError, read_log, train
 
 __all__ = ["TrainConfig", "ScalingRecipe", "Trainer", "train", "TrainingDivergedError",
-           "CheckpointError", "WALL_CLOCK_FIELDS", "main_train"]
+           "CheckpointError", "WALL_CLOCK_FIELDS", "read_log", "main_train"]
 
 
 def main_train(argv=None) -> int:

@@ -56,10 +56,12 @@ STE_MODES = ("masked", "identity")
 GRAD_ROUNDINGS = ("nearest", "stochastic")
 
 # Fields that may differ between a checkpoint's config and the config a run is
-# resumed with: they change how long the run goes on and how it reports, never
-# what a step computes.
+# resumed with: they change how long the run goes on, how it reports, or where its
+# files live (the data's content is checked by its SHA-256; the weights come from the
+# checkpoint, so model_dir is not read again), never what a step computes. A longer
+# `steps` stretches a cosine schedule: the resumed steps then follow the new one.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "progress", "run_dir")
+                     "progress", "run_dir", "data", "model_dir")
 
 
 @dataclass

@@ -521,6 +521,20 @@ class Trainer:
         return cls(config, eval_hooks, _resume=state)
 
 
+def read_log(run_dir: str, *, wall_clock: bool = True) -> list:
+    """The step records of a run's log.jsonl (``wall_clock=False`` drops
+    WALL_CLOCK_FIELDS, leaving what a resumed run reproduces bit for bit)."""
+    records = []
+    with open(os.path.join(run_dir, "log.jsonl"), "r", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                if not wall_clock:
+                    rec = {k: v for k, v in rec.items() if k not in WALL_CLOCK_FIELDS}
+                records.append(rec)
+    return records
+
+
 def train(config, eval_hooks=None, *, resume: bool = False) -> str:
     """Run a whole training run; return its directory.
 
