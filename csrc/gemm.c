@@ -29,15 +29,23 @@
 #include "hif8.h"
 
 #define NR HQ_GEMM_NR
-#define KC 256 /* even: K slices start on pair boundaries */
+#ifndef HQ_GEMM_KC
+#define HQ_GEMM_KC 256
+#endif
+#define KC HQ_GEMM_KC /* even: K slices start on pair boundaries */
 #define MR_MAX 24
 #define ALIGN 64
 
 enum { LAYOUT_F32 = 0, LAYOUT_BF16 = 1 };
-enum { KID_SCALAR = 0, KID_AVX2, KID_AVX512F, KID_AVX512BF16, KID_COUNT };
+/* KID_BF16EMU is a scalar emulation of the AVX512-BF16 kernel (same panels, Intel's
+ * vdpbf16ps pseudo-code with DAZ/FTZ): never chosen by the ISA path, it lets tests on
+ * any CPU exercise the bf16 packing and blocking. */
+enum { KID_SCALAR = 0, KID_AVX2, KID_AVX512F, KID_AVX512BF16, KID_BF16EMU, KID_COUNT };
 
 static void ukernel_scalar_4x16(int64_t, const void *, const void *, float *, int64_t, int,
                                 const hq_gemm_epilogue *);
+static void ukernel_bf16emu_24x16(int64_t, const void *, const void *, float *, int64_t, int,
+                                  const hq_gemm_epilogue *);
 
 typedef struct {
     const char *name;
@@ -59,6 +67,7 @@ static const kernel_info kernels[KID_COUNT] = {
     {"avx512f", 24, 192, 4096, LAYOUT_F32, NULL},
     {"avx512bf16", 24, 192, 4096, LAYOUT_BF16, NULL},
 #endif
+    {"bf16emu", 24, 192, 4096, LAYOUT_BF16, ukernel_bf16emu_24x16},
 };
 
 static int forced_kernel = -1;
@@ -66,7 +75,8 @@ static int forced_kernel = -1;
 static int kernel_supported(int kid) {
     if (kernels[kid].fn == NULL) return 0;
     switch (kid) {
-    case KID_SCALAR: return 1;
+    case KID_SCALAR:
+    case KID_BF16EMU: return 1;
     case KID_AVX2: return hq_cpu_has_avx2();
     case KID_AVX512F: return hq_cpu_has_avx512();
     case KID_AVX512BF16: return hq_cpu_has_avx512() && hq_cpu_has_avx512bf16();
@@ -121,13 +131,6 @@ static inline float operand_value(const hq_gemm_operand *x, int64_t r, int64_t s
     return round_bf16_f32(((const float *)x->data)[off]);
 }
 
-static inline uint16_t operand_bf16(const hq_gemm_operand *x, int64_t r, int64_t s) {
-    int64_t off = r * x->row_stride + s * x->col_stride;
-    if (x->format == HQ_GEMM_HIF8) /* every HiF8 value is exact in bf16 */
-        return bf16_bits_from_f32(hif8_decode_table_f32[((const uint8_t *)x->data)[off]]);
-    return bf16_bits_from_f32(((const float *)x->data)[off]);
-}
-
 /* ---- the reference ---- */
 
 static inline float epilogue_value(float sum, float scale, const float *bias, int64_t j) {
@@ -176,70 +179,129 @@ static void ukernel_scalar_4x16(int64_t kc, const void *a_panel, const void *b_p
         }
 }
 
+/* ---- the vdpbf16ps emulation (tests only, see KID_BF16EMU) ---- */
+
+static inline float bf16_daz(uint32_t bits) { /* subnormal bf16 input -> signed zero */
+    return f32_from_bf16_bits((uint16_t)((bits & 0x7f80u) == 0 ? bits & 0x8000u : bits));
+}
+static inline float f32_ftz(float x) { return fabsf(x) < 0x1p-126f ? copysignf(0.0f, x) : x; }
+
+static void ukernel_bf16emu_24x16(int64_t kc, const void *a_panel, const void *b_panel,
+                                  float *c, int64_t ldc, int first,
+                                  const hq_gemm_epilogue *ep) {
+    const uint32_t *ap = (const uint32_t *)a_panel, *bp = (const uint32_t *)b_panel;
+    float acc[24][NR];
+    for (int r = 0; r < 24; r++)
+        for (int j = 0; j < NR; j++) acc[r][j] = first ? 0.0f : f32_ftz(c[r * ldc + j]);
+    for (int64_t p = 0; p < kc / 2; p++, ap += 24, bp += NR)
+        for (int r = 0; r < 24; r++)
+            for (int j = 0; j < NR; j++) {
+                /* Intel: dst += a.odd*b.odd; dst += a.even*b.even (each RNE, DAZ, FTZ) */
+                float odd = f32_ftz(bf16_daz(ap[r] >> 16) * bf16_daz(bp[j] >> 16));
+                float even = f32_ftz(bf16_daz(ap[r] & 0xffffu) * bf16_daz(bp[j] & 0xffffu));
+                acc[r][j] = f32_ftz(acc[r][j] + odd);
+                acc[r][j] = f32_ftz(acc[r][j] + even);
+            }
+    for (int r = 0; r < 24; r++)
+        for (int j = 0; j < NR; j++) {
+            float v = acc[r][j];
+            if (ep) {
+                v = epilogue_value(v, ep->scale, ep->bias, j);
+                if (ep->accumulate) v = c[r * ldc + j] + v;
+            }
+            c[r * ldc + j] = v;
+        }
+}
+
 /* ---- packing ---- */
 
 static size_t layout_esize(int layout) { return layout == LAYOUT_F32 ? 4 : 2; }
 static int64_t even_up(int64_t k) { return k + (k & 1); }
 
-/* op(A) rows i0..i0+rows-1 (rows <= mr), k0..k0+kc-1, into one mr-row panel.
- * F32: dst[kk*mr + r] with k position kk holding k = kk^1 (pairs swapped).
- * BF16: 32-bit word dst[p*mr + r] = bf16(a[2p]) | bf16(a[2p+1]) << 16. */
-static void pack_a_panel(const hq_gemm_operand *a, int64_t i0, int rows, int mr, int64_t k0,
-                         int64_t kc, int layout, void *dst) {
-    const int64_t np = even_up(kc) / 2;
-    if (layout == LAYOUT_F32) {
-        float *d = (float *)dst;
-        for (int r = 0; r < mr; r++) {
-            if (r >= rows) {
-                for (int64_t p = 0; p < np; p++) d[(2 * p) * mr + r] = d[(2 * p + 1) * mr + r] = 0.0f;
-                continue;
-            }
-            for (int64_t p = 0; p < np; p++) {
-                int64_t k = 2 * p;
-                d[(2 * p) * mr + r] = k + 1 < kc ? operand_value(a, i0 + r, k0 + k + 1) : 0.0f;
-                d[(2 * p + 1) * mr + r] = operand_value(a, i0 + r, k0 + k);
-            }
-        }
+/* One panel: `lanes` (<= width) vectors of kc elements of op(X) — the rows of an A
+ * panel or the columns of a B panel — element k of lane l at base[l*lane_stride +
+ * k*k_stride]; lanes past `lanes` and the odd-K pad are zero.
+ *   F32 layout:  float d[kk*width + l], position kk holding k = kk^1 (pairs swapped,
+ *                so the float32 kernels run the gemm.h order as a plain loop);
+ *   BF16 layout: uint32 d[p*width + l] = bf16(x[2p]) | bf16(x[2p+1]) << 16, the
+ *                operand layout of vdpbf16ps.
+ * Written once per (format, layout) with a macro so the table look-up or bf16 rounding
+ * is inlined; the loop order follows whichever stride is contiguous. */
+static inline float hif8_value(uint8_t c) { return hif8_decode_table_f32[c]; }
+static inline uint32_t hif8_bf16(uint8_t c) { /* every HiF8 value is exact in bf16 */
+    return bf16_bits_from_f32(hif8_decode_table_f32[c]);
+}
+static inline uint32_t f32_bf16(float x) { return bf16_bits_from_f32(x); }
+
+#define DEFINE_PACK(name, T, OUT_T, CONV, STORE)                                          \
+    static void name(const T *base, int64_t lane_stride, int64_t k_stride, int lanes,     \
+                     int width, int64_t kc, OUT_T *d) {                                   \
+        const int64_t np = (kc + 1) / 2, full = kc / 2;                                   \
+        if (k_stride == 1 || lanes == 1) {                                                \
+            for (int l = 0; l < lanes; l++) {                                             \
+                const T *x = base + l * lane_stride;                                      \
+                for (int64_t p = 0; p < full; p++, x += 2 * k_stride)                     \
+                    STORE(d, p, l, width, CONV(x[0]), CONV(x[k_stride]));                 \
+                if (kc & 1) STORE(d, full, l, width, CONV(x[0]), 0);                      \
+            }                                                                             \
+        } else {                                                                          \
+            for (int64_t p = 0; p < full; p++) {                                          \
+                const T *x = base + 2 * p * k_stride;                                     \
+                for (int l = 0; l < lanes; l++)                                           \
+                    STORE(d, p, l, width, CONV(x[l * lane_stride]),                       \
+                          CONV(x[l * lane_stride + k_stride]));                           \
+            }                                                                             \
+            if (kc & 1) {                                                                 \
+                const T *x = base + 2 * full * k_stride;                                  \
+                for (int l = 0; l < lanes; l++)                                           \
+                    STORE(d, full, l, width, CONV(x[l * lane_stride]), 0);                \
+            }                                                                             \
+        }                                                                                 \
+        for (int l = lanes; l < width; l++)                                               \
+            for (int64_t p = 0; p < np; p++) STORE(d, p, l, width, 0, 0);                 \
+    }
+#define STORE_F32(d, p, l, w, even, odd)                                                  \
+    do {                                                                                  \
+        (d)[(2 * (p)) * (w) + (l)] = (odd);                                               \
+        (d)[(2 * (p) + 1) * (w) + (l)] = (even);                                          \
+    } while (0)
+#define STORE_BF16(d, p, l, w, even, odd)                                                 \
+    ((d)[(p) * (w) + (l)] = (uint32_t)(even) | (uint32_t)(odd) << 16)
+
+DEFINE_PACK(pack_hif8_f32, uint8_t, float, hif8_value, STORE_F32)
+DEFINE_PACK(pack_f32_f32, float, float, round_bf16_f32, STORE_F32)
+DEFINE_PACK(pack_hif8_bf16, uint8_t, uint32_t, hif8_bf16, STORE_BF16)
+DEFINE_PACK(pack_f32_bf16, float, uint32_t, f32_bf16, STORE_BF16)
+
+static void pack_panel(const hq_gemm_operand *x, int64_t r0, int64_t s0, int64_t lane_stride,
+                       int64_t k_stride, int lanes, int width, int64_t kc, int layout,
+                       void *dst) {
+    int64_t off = r0 * x->row_stride + s0 * x->col_stride;
+    if (x->format == HQ_GEMM_HIF8) {
+        const uint8_t *base = (const uint8_t *)x->data + off;
+        if (layout == LAYOUT_F32)
+            pack_hif8_f32(base, lane_stride, k_stride, lanes, width, kc, (float *)dst);
+        else
+            pack_hif8_bf16(base, lane_stride, k_stride, lanes, width, kc, (uint32_t *)dst);
     } else {
-        uint32_t *d = (uint32_t *)dst;
-        for (int r = 0; r < mr; r++)
-            for (int64_t p = 0; p < np; p++) {
-                int64_t k = 2 * p;
-                uint32_t lo = r < rows ? operand_bf16(a, i0 + r, k0 + k) : 0;
-                uint32_t hi = r < rows && k + 1 < kc ? operand_bf16(a, i0 + r, k0 + k + 1) : 0;
-                d[p * mr + r] = lo | hi << 16;
-            }
+        const float *base = (const float *)x->data + off;
+        if (layout == LAYOUT_F32)
+            pack_f32_f32(base, lane_stride, k_stride, lanes, width, kc, (float *)dst);
+        else
+            pack_f32_bf16(base, lane_stride, k_stride, lanes, width, kc, (uint32_t *)dst);
     }
 }
 
-/* op(B) rows k0..k0+kc-1, columns j0..j0+cols-1 (cols <= NR), into one 16-column panel,
- * laid out like pack_a_panel with NR in place of mr. */
+/* op(A) rows i0..i0+rows-1 (rows <= mr), k0..k0+kc-1: one mr-row panel. */
+static void pack_a_panel(const hq_gemm_operand *a, int64_t i0, int rows, int mr, int64_t k0,
+                         int64_t kc, int layout, void *dst) {
+    pack_panel(a, i0, k0, a->row_stride, a->col_stride, rows, mr, kc, layout, dst);
+}
+
+/* op(B) rows k0..k0+kc-1, columns j0..j0+cols-1 (cols <= NR): one 16-column panel. */
 static void pack_b_panel(const hq_gemm_operand *b, int64_t k0, int64_t kc, int64_t j0,
                          int cols, int layout, void *dst) {
-    const int64_t np = even_up(kc) / 2;
-    if (layout == LAYOUT_F32) {
-        float *d = (float *)dst;
-        for (int j = 0; j < NR; j++) {
-            if (j >= cols) {
-                for (int64_t p = 0; p < np; p++) d[(2 * p) * NR + j] = d[(2 * p + 1) * NR + j] = 0.0f;
-                continue;
-            }
-            for (int64_t p = 0; p < np; p++) {
-                int64_t k = 2 * p;
-                d[(2 * p) * NR + j] = k + 1 < kc ? operand_value(b, k0 + k + 1, j0 + j) : 0.0f;
-                d[(2 * p + 1) * NR + j] = operand_value(b, k0 + k, j0 + j);
-            }
-        }
-    } else {
-        uint32_t *d = (uint32_t *)dst;
-        for (int j = 0; j < NR; j++)
-            for (int64_t p = 0; p < np; p++) {
-                int64_t k = 2 * p;
-                uint32_t lo = j < cols ? operand_bf16(b, k0 + k, j0 + j) : 0;
-                uint32_t hi = j < cols && k + 1 < kc ? operand_bf16(b, k0 + k + 1, j0 + j) : 0;
-                d[p * NR + j] = lo | hi << 16;
-            }
-    }
+    pack_panel(b, k0, j0, b->col_stride, b->row_stride, cols, NR, kc, layout, dst);
 }
 
 static void *aligned_buffer(size_t nbytes) {

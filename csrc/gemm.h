@@ -82,7 +82,9 @@ int hq_packed_b_usable(const hq_packed_b *p);
 
 /* The kernel the current ISA path uses: "scalar", "avx2", "avx512f" or "avx512bf16".
  * hq_gemm_force_kernel(name) overrides the choice for tests (NULL or "auto" resets);
- * returns -1 if the name is unknown or this CPU cannot run it. */
+ * returns -1 if the name is unknown or this CPU cannot run it. "bf16emu", a scalar
+ * emulation of the avx512bf16 kernel (its panels, Intel's vdpbf16ps pseudo-code with
+ * DAZ/FTZ), is never chosen automatically but can be forced on any CPU. */
 const char *hq_gemm_kernel_name(void);
 int hq_gemm_force_kernel(const char *name);
 int hq_gemm_kernel_supported(const char *name);

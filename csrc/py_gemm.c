@@ -482,7 +482,7 @@ static PyObject *py_gemm_force_kernel(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_gemm_kernels(PyObject *self, PyObject *noargs) {
-    static const char *names[] = {"scalar", "avx2", "avx512f", "avx512bf16"};
+    static const char *names[] = {"scalar", "avx2", "avx512f", "avx512bf16", "bf16emu"};
     PyObject *l = PyList_New(0);
     if (l == NULL) return NULL;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -163,14 +163,14 @@ def test_bit_identical_for_one_and_two_threads():
         np.testing.assert_array_equal(one.view(np.uint32), two.view(np.uint32))
 
 
-@pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512f", "avx512bf16"])
+@pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512f", "avx512bf16", "bf16emu"])
 def test_every_kernel_is_bit_identical_to_the_reference_loop(kernel):
-    """Same summation order by design: scalar, avx2, avx512f always; avx512bf16 for
-    codes x codes (vdpbf16ps flushes subnormals, which HiF8 values never reach)."""
+    """Same summation order by design on every kernel. The bf16 ones (avx512bf16 and its
+    scalar emulation bf16emu) flush subnormals; this data has none, so they agree too."""
     if kernel not in G.available_kernels():
         pytest.skip(f"this CPU does not run the {kernel} kernel (untested here)")
     rng = np.random.default_rng(7)
-    pairings = [("hif8", "hif8")] if kernel == "avx512bf16" else PAIRINGS
+    pairings = PAIRINGS
     try:
         G._force_kernel(kernel)
         for (fa, fb), (M, K, N) in itertools.product(pairings, [(7, 9, 5), (29, 530, 37)]):
@@ -322,3 +322,33 @@ def test_bad_input_raises_clear_errors():
         hq.pack_weight(codes[:0])
     with pytest.raises(ValueError, match="GEMM kernel"):
         G._force_kernel("avx9000")
+
+
+def test_bf16_kernels_flush_subnormal_bf16_operands_to_zero():
+    """Documented difference of the vdpbf16ps path (emulated here by bf16emu): a bf16
+    operand below 2^-126 counts as zero there, while the float32 kernels keep it."""
+    a = np.array([[1e-39, 1.0]], np.float32)     # subnormal, then a normal value
+    b = np.array([[1.0], [0.0]], np.float32)
+    assert hq.gemm(a, b)[0, 0] == hq.round_bf16(np.float32(1e-39))
+    try:
+        G._force_kernel("bf16emu")
+        assert hq.gemm(a, b)[0, 0] == 0.0
+    finally:
+        G._force_kernel(None)
+
+
+def test_pack_made_for_another_kernel_layout_is_refused():
+    W = make("hif8", (20, 30), np.random.default_rng(11))
+    try:
+        G._force_kernel("bf16emu")             # bf16-pair panels
+        pw = hq.pack_weight(W, trans_b=True)
+        assert pw.kernel == "bf16emu" and pw.usable
+        x = np.ones((3, 30), np.float32)
+        y_emu = hq.gemm(x, pw)
+    finally:
+        G._force_kernel(None)
+    if G.get_kernel() in ("scalar", "avx2", "avx512f"):  # float32 panels
+        assert not pw.usable
+        with pytest.raises(ValueError, match="pack it again"):
+            hq.gemm(x, pw)
+    np.testing.assert_array_equal(y_emu, hq.gemm(x, W, trans_b=True))
