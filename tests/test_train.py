@@ -653,7 +653,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_diverging_run_writes_its_summary_and_stops(tmp_path, monkeypatch):
-    t = Trainer(tiny_config(tmp_path, steps=6, checkpoint_every=2, precision="fp32"))
+    t = Trainer(tiny_config(tmp_path, steps=6, checkpoint_every=2, precision="bf16"))
     real_step = t.optimizer.step
 
     def poisoned(grads, lr):      # after step 3 the parameters go bad
@@ -671,7 +671,7 @@ def test_a_diverging_run_writes_its_summary_and_stops(tmp_path, monkeypatch):
 
 
 def test_fine_tuning_starts_from_a_saved_model_dir(tmp_path):
-    pre = train(tiny_config(tmp_path, steps=3, precision="fp32",
+    pre = train(tiny_config(tmp_path, steps=3, precision="bf16",
                             run_dir=str(tmp_path / "pre")))
     model_dir = json.load(open(os.path.join(pre, "summary.json")))["model_dir"]
     pretrained = Trainer.resume(pre).model.params_flat.copy()
@@ -715,13 +715,13 @@ def test_bad_runs_are_rejected_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="model_config"):
         Trainer(tiny_config(tmp_path, model_config=dict(TINY, num_key_value_heads=3)))
     assert not os.path.exists(tmp_path / "run")
-    train(tiny_config(tmp_path, steps=2, precision="fp32"))
+    train(tiny_config(tmp_path, steps=2, precision="bf16"))
     with pytest.raises(FileExistsError, match="resume"):
-        Trainer(tiny_config(tmp_path, steps=2, precision="fp32"))
+        Trainer(tiny_config(tmp_path, steps=2, precision="bf16"))
 
 
 def test_command_line_trains_resumes_and_rejects_bad_configs(tmp_path, capsys):
-    cfg = tiny_config(tmp_path, steps=3, precision="fp32")
+    cfg = tiny_config(tmp_path, steps=3, precision="bf16")
     path = tmp_path / "run.toml"
     path.write_text(cfg.to_toml())
     assert main_train([str(path), "--no-progress"]) == 0
