@@ -767,3 +767,16 @@ def test_precision_switches_between_steps_and_frozen_scalers_record_nothing():
     model.scalers.update()
     for s, h in zip(model.scalers, hist):
         np.testing.assert_array_equal(s.history, h)
+
+
+def test_a_prefix_gives_the_same_logits_as_the_full_sequence():
+    """Causality plus the RoPE / mask caches: a shorter call after a longer one (and
+    back) sees the same positions."""
+    cfg = tiny_config()
+    model = perturbed_model(cfg)
+    tokens, _ = batch(cfg, T=12)
+    full, _ = model.forward(tokens)
+    short, _ = model.forward(tokens[:, :5])
+    np.testing.assert_allclose(short, full[:, :5], rtol=0, atol=1e-12)
+    again, _ = model.forward(tokens)
+    np.testing.assert_allclose(again, full, rtol=0, atol=1e-12)

@@ -57,8 +57,13 @@ def rmsnorm_forward(x, weight, eps):
 
     out = x / sqrt(mean(x²) + eps) * weight, computed in x's dtype (fp32 or fp64).
     """
-    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-    return (x * rstd) * weight, rstd.astype(x.dtype, copy=False)
+    ms = np.einsum("nc,nc->n", x, x)[:, None]        # sum of squares without an (N, C) temp
+    ms /= x.shape[-1]
+    ms += eps
+    rstd = 1.0 / np.sqrt(ms)
+    out = x * rstd
+    out *= weight
+    return out, rstd
 
 
 def rmsnorm_backward(dout, x, weight, rstd, dweight, accumulate=False):
@@ -134,47 +139,61 @@ def attention_forward(q, k, v, bias):
     Stacking the R query heads makes one (R*T, D)·(D, T) matmul per key/value head, and
     the backward's sums over the R heads sharing k, v come out of the matmuls for free.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
     scores = np.matmul(q, k.swapaxes(-1, -2))        # (B, KV, R*T, T)
-    scores *= scale
+    scores *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     scores += bias
     # numerically stable softmax, in place: subtract the row max (finite: the diagonal)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
     probs = scores
     return np.matmul(probs, v), probs
 
 
 def attention_backward(dout, q, k, v, probs):
     """dout (B, KV, R*T, D) -> dq (B, KV, R*T, D), dk, dv (B, KV, T, D)."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     dv = np.matmul(probs.swapaxes(-1, -2), dout)     # out = P · v
     dp = np.matmul(dout, v.swapaxes(-1, -2))
     # P = softmax(S):  dS = P * (dP - rowsum(dP * P))
     rowdot = np.einsum("bkij,bkij->bki", dp, probs)[..., None]
     dp -= rowdot
     dp *= probs
-    dp *= scale                                      # S = q·kᵀ * scale
+    # S = q·kᵀ * scale; the scale goes on the (R*T, D) and (T, D) results, not on dS
     dq = np.matmul(dp, k)
+    dq *= scale
     dk = np.matmul(dp.swapaxes(-1, -2), q)
+    dk *= scale
     return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------- SwiGLU
 def swiglu_forward(g, u):
     """g, u are (N, I) (gate and up projections) -> h = silu(g) * u, (N, I)."""
-    sig = 1.0 / (1.0 + np.exp(-g))
-    return g * sig * u
+    with np.errstate(over="ignore"):                 # exp(-g) = inf for g << 0: silu -> -0
+        h = np.negative(g)
+        np.exp(h, out=h)
+        h += 1.0
+        np.divide(g, h, out=h)                       # silu(g) = g / (1 + exp(-g))
+    h *= u
+    return h
 
 
 def swiglu_backward(dh, g, u):
     """dh (N, I) -> dg, du (N, I)."""
-    sig = 1.0 / (1.0 + np.exp(-g))
+    with np.errstate(over="ignore"):
+        sig = np.negative(g)
+        np.exp(sig, out=sig)
+        sig += 1.0
+        np.reciprocal(sig, out=sig)                  # sigmoid(g), recomputed (saves memory)
     silu = g * sig
-    du = dh * silu
-    # d silu(g)/dg = sig * (1 + g * (1 - sig))
-    dg = dh * u * (sig * (1.0 + g * (1.0 - sig)))
+    du = dh * silu                                   # h = silu(g) * u
+    # d silu(g)/dg = sig * (1 + g * (1 - sig)) = sig + silu * (1 - sig)
+    dg = np.subtract(1.0, sig, dtype=sig.dtype)
+    dg *= silu
+    dg += sig
+    dg *= dh
+    dg *= u
     return dg, du
 
 
@@ -356,10 +375,19 @@ class LlamaModel:
 
     # ------------------------------------------------------------------ forward
     def _rope(self, T):
-        key = T
+        """cos, sin (T, D/2) — slices of tables grown to the longest T seen so far."""
+        cos, sin = self._rope_cache.get("tables", (None, None))
+        if cos is None or cos.shape[0] < T:
+            n = max(T, 2 * cos.shape[0] if cos is not None else T)
+            cos, sin = rope_tables(n, self.config.head_dim, self.config.rope_theta, self.dtype)
+            self._rope_cache["tables"] = (cos, sin)
+        return cos[:T], sin[:T]
+
+    def _causal_bias(self, T, R):
+        key = ("bias", T, R)
         if key not in self._rope_cache:
-            self._rope_cache = {key: rope_tables(T, self.config.head_dim, self.config.rope_theta,
-                                                 self.dtype)}
+            self._rope_cache = {k: v for k, v in self._rope_cache.items() if k == "tables"}
+            self._rope_cache[key] = causal_bias(T, R, self.dtype)
         return self._rope_cache[key]
 
     def _check_tokens(self, tokens, what):
@@ -405,7 +433,7 @@ class LlamaModel:
         need_scalers = prec == "hif8" or calib
         sc = self.scalers if need_scalers else None
         cos, sin = self._rope(T)
-        bias = causal_bias(T, R, self.dtype)
+        bias = self._causal_bias(T, R)
 
         def lin(x, module):
             b = P.get(module + ".bias")
@@ -420,7 +448,6 @@ class LlamaModel:
             p = f"model.layers.{i}."
             a = {"x": x}
             xn, a["rstd1"] = rmsnorm_forward(x, P[p + "input_layernorm.weight"], cfg.rms_norm_eps)
-            a["xn1"] = xn
             q, a["q_proj"] = lin(xn, p + "self_attn.q_proj")          # (N, H*D)
             k, a["k_proj"] = lin(xn, p + "self_attn.k_proj")          # (N, KV*D)
             v, a["v_proj"] = lin(xn, p + "self_attn.v_proj")
@@ -439,7 +466,6 @@ class LlamaModel:
             a.update(qa=qa, ka=ka, va=va, probs=probs, x2=x)
             xn, a["rstd2"] = rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"],
                                              cfg.rms_norm_eps)
-            a["xn2"] = xn
             g, a["gate_proj"] = lin(xn, p + "mlp.gate_proj")          # (N, I)
             u, a["up_proj"] = lin(xn, p + "mlp.up_proj")
             h = swiglu_forward(g, u)
@@ -518,7 +544,7 @@ class LlamaModel:
             dg, du = swiglu_backward(dh, a["g"], a["u"])
             dxn = lin_back(dg, a["gate_proj"], p + "mlp.gate_proj")
             dxn += lin_back(du, a["up_proj"], p + "mlp.up_proj")
-            dx = dx + rmsnorm_backward(dxn, a["x2"], P[p + "post_attention_layernorm.weight"],
+            dx += rmsnorm_backward(dxn, a["x2"], P[p + "post_attention_layernorm.weight"],
                                        a["rstd2"], G[p + "post_attention_layernorm.weight"],
                                        accumulate=accumulate)
             # x2 = x + o_proj(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
@@ -534,7 +560,7 @@ class LlamaModel:
             dxn = lin_back(dq, a["q_proj"], p + "self_attn.q_proj")
             dxn += lin_back(dk, a["k_proj"], p + "self_attn.k_proj")
             dxn += lin_back(dv, a["v_proj"], p + "self_attn.v_proj")
-            dx = dx + rmsnorm_backward(dxn, a["x"], P[p + "input_layernorm.weight"], a["rstd1"],
+            dx += rmsnorm_backward(dxn, a["x"], P[p + "input_layernorm.weight"], a["rstd1"],
                                        G[p + "input_layernorm.weight"], accumulate=accumulate)
         embedding_backward(G["model.embed_tokens.weight"], dx, acts["tokens"])
         return dict(G)
