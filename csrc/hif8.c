@@ -299,20 +299,34 @@ void hif8_decode_f64(const uint8_t *c, size_t n, double scale_inv, double *out) 
 }
 
 double hif8_amax_f32(const float *x, size_t n, int64_t *nonfinite) {
+    hq_isa isa = hq_get_isa();
+    size_t nchunks = (n + HIF8_CHUNK - 1) / HIF8_CHUNK;
     uint32_t amax_bits = 0;
     int64_t nf = 0;
     int nt = hq_threads_for(n);
-    /* On the bits: |x| orders like an unsigned integer, which vectorises without the
-     * NaN rules of fmaxf. */
+    /* On the bits: |x| orders like an integer, which vectorises without fmaxf's NaN rules. */
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(max : amax_bits) reduction(+ : nf)
-    for (long long i = 0; i < (long long)n; i++) {
-        uint32_t b;
-        memcpy(&b, &x[i], 4);
-        b &= 0x7fffffffu;
-        int finite = b < 0x7f800000u;
-        nf += !finite;
-        uint32_t v = finite ? b : 0u;
-        amax_bits = v > amax_bits ? v : amax_bits;
+    for (long long c = 0; c < (long long)nchunks; c++) {
+        size_t s = (size_t)c * HIF8_CHUNK, len = n - s < HIF8_CHUNK ? n - s : HIF8_CHUNK;
+        uint32_t m = 0;
+        int64_t k = 0;
+#if defined(__x86_64__) || defined(__i386__)
+        if (isa == HQ_ISA_AVX512) hif8_amax_chunk_f32_avx512(x + s, len, &m, &k);
+        else if (isa == HQ_ISA_AVX2) hif8_amax_chunk_f32_avx2(x + s, len, &m, &k);
+        else
+#endif
+        {
+            (void)isa;
+            for (size_t i = s; i < s + len; i++) {
+                uint32_t b;
+                memcpy(&b, &x[i], 4);
+                b &= 0x7fffffffu;
+                if (b >= 0x7f800000u) k++;
+                else if (b > m) m = b;
+            }
+        }
+        amax_bits = m > amax_bits ? m : amax_bits;
+        nf += k;
     }
     if (nonfinite) *nonfinite = nf;
     float a;

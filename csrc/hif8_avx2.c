@@ -1,7 +1,17 @@
 /* AVX2 instance of the cast kernel (hif8_vec.h), 8 lanes. */
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC target("avx2,fma")
+#include <immintrin.h>
+#include <stdint.h>
 #define VW 8
 #define HIF8_VEC_NAME hif8_cast_chunk_f32_avx2
+#define HIF8_AMAX_NAME hif8_amax_chunk_f32_avx2
+/* 8 x u32 (each 0..255) -> 8 bytes: two saturating packs, exact for these values */
+#define HIF8_STORE_U8(dst, v)                                                              \
+    do {                                                                                   \
+        __m256i w_ = (__m256i)(v);                                                         \
+        __m128i p16_ = _mm_packus_epi32(_mm256_castsi256_si128(w_), _mm256_extracti128_si256(w_, 1)); \
+        _mm_storel_epi64((__m128i *)(void *)(dst), _mm_packus_epi16(p16_, p16_));          \
+    } while (0)
 #include "hif8_vec.h"
 #endif

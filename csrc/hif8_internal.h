@@ -30,6 +30,9 @@ void hif8_cast_chunk_f32_avx512(const float *x, size_t n, const hif8_chunk_param
                                 uint64_t index0, uint8_t *codes, float *values,
                                 uint8_t *mask, hif8_stats *st);
 
+void hif8_amax_chunk_f32_avx2(const float *x, size_t n, uint32_t *amax_bits, int64_t *nonfinite);
+void hif8_amax_chunk_f32_avx512(const float *x, size_t n, uint32_t *amax_bits, int64_t *nonfinite);
+
 /* Scalar core shared by the reference path and the vector kernels' tails:
  * rounds |y| (float bits, finite, below the overflow threshold, clamp applied)
  * to a HiF8 magnitude; returns the rounded float bits and writes the positive code. */

@@ -11,6 +11,16 @@ typedef int32_t vi __attribute__((vector_size(VW * 4)));
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 typedef uint8_t vb __attribute__((vector_size(VW)));
 
+/* Store the low byte of each lane (values 0..255). An ISA file may define
+ * HIF8_STORE_U8 with its pack instructions: gcc 12 scalarises the generic narrowing. */
+#ifndef HIF8_STORE_U8
+#define HIF8_STORE_U8(dst, v)                                  \
+    do {                                                       \
+        vb narrow_ = __builtin_convertvector((v), vb);         \
+        memcpy((dst), &narrow_, sizeof narrow_);               \
+    } while (0)
+#endif
+
 #define SEL(m, a, b) (((a) & (vu)(m)) | ((b) & ~(vu)(m))) /* m ? a : b, m lanes 0/-1 */
 
 /* The body, specialised by the always-inlined constant flags below so that a
@@ -99,12 +109,10 @@ vec_body(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0, 
         rb = SEL(is_nan, ab, rb);
 
         if (want_codes) {
-            vb c8 = __builtin_convertvector(code, vb);
-            memcpy(codes + i, &c8, sizeof c8);
+            HIF8_STORE_U8(codes + i, code);
         }
         if (want_mask) {
-            vb m8 = __builtin_convertvector((vu)(~is_clipped) & 1u, vb);
-            memcpy(mask + i, &m8, sizeof m8);
+            HIF8_STORE_U8(mask + i, (vu)(~is_clipped) & 1u);
         }
         if (want_values) {
             vf v = (vf)(rb | neg << 31) * p->scale_inv;
@@ -147,4 +155,34 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
         HIF8_VEC_CASE(0, 0, 0, 1) HIF8_VEC_CASE(1, 0, 0, 1) HIF8_VEC_CASE(0, 1, 0, 1) HIF8_VEC_CASE(1, 1, 0, 1)
         HIF8_VEC_CASE(0, 0, 1, 1) HIF8_VEC_CASE(1, 0, 1, 1) HIF8_VEC_CASE(0, 1, 1, 1) HIF8_VEC_CASE(1, 1, 1, 1)
     }
+}
+
+/* max |x| over finite elements (as float bits) and the count of non-finite ones */
+void HIF8_AMAX_NAME(const float *x, size_t n, uint32_t *amax_bits, int64_t *nonfinite) {
+    vi best = {0}, nf = {0};
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) {
+        vi b;
+        memcpy(&b, x + i, sizeof b);
+        b &= 0x7fffffff;
+        vi bad = b >= 0x7f800000;
+        nf -= bad;
+        b &= ~bad;
+        best = (vi)SEL(b > best, (vu)b, (vu)best);
+    }
+    uint32_t m = 0;
+    int64_t c = 0;
+    for (int l = 0; l < VW; l++) {
+        if ((uint32_t)best[l] > m) m = (uint32_t)best[l];
+        c += nf[l];
+    }
+    for (; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, 4);
+        b &= 0x7fffffffu;
+        if (b >= 0x7f800000u) c++;
+        else if (b > m) m = b;
+    }
+    *amax_bits = m;
+    *nonfinite = c;
 }
