@@ -251,10 +251,11 @@ def test_config_top_level_rope_theta_and_defaults():
 
 
 @pytest.mark.parametrize("rope", [{"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5},
-                                  {"type": "linear", "factor": 2.0}, {"rope_type": "yarn"}])
+                                  {"type": "linear", "factor": 2.0}, {"rope_type": "yarn"},
+                                  {"rope_type": "default", "partial_rotary_factor": 0.5}])
 def test_config_rejects_non_default_rope_types(rope):
     for key in ("rope_parameters", "rope_scaling"):
-        with pytest.raises(ValueError, match="rope_type"):
+        with pytest.raises(ValueError, match="rope_type|partial_rotary_factor"):
             hq.LlamaConfig.from_dict(dict(vocab_size=10, hidden_size=8, intermediate_size=8,
                                           num_hidden_layers=1, num_attention_heads=2,
                                           **{key: rope}))
@@ -295,6 +296,22 @@ def test_sharded_and_bf16_saves_load(tmp_path):
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     back = hq.load_model(tmp_path / "bf16").params_flat
     np.testing.assert_array_equal(back, hq.round_bf16(model.params_flat))
+    model.save(tmp_path / "f16", dtype="float16")
+    np.testing.assert_array_equal(hq.load_model(tmp_path / "f16").params_flat,
+                                  model.params_flat.astype(np.float16).astype(np.float32))
+
+
+def test_saving_over_an_older_checkpoint_removes_its_stale_weight_files(tmp_path):
+    cfg = tiny_config()
+    old = perturbed_model(cfg, np.float32, seed=1)
+    new = perturbed_model(cfg, np.float32, seed=2)
+    old.save(tmp_path, max_shard_bytes=4000)            # shards + index
+    new.save(tmp_path)                                  # one file: the index must go
+    assert not (tmp_path / "model.safetensors.index.json").exists()
+    np.testing.assert_array_equal(hq.load_model(tmp_path).params_flat, new.params_flat)
+    old.save(tmp_path, max_shard_bytes=4000)            # and back: model.safetensors must go
+    assert not (tmp_path / "model.safetensors").exists()
+    np.testing.assert_array_equal(hq.load_model(tmp_path).params_flat, old.params_flat)
 
 
 def test_loading_reports_missing_misshaped_and_unexpected_tensors(tmp_path):
@@ -780,3 +797,17 @@ def test_a_prefix_gives_the_same_logits_as_the_full_sequence():
     np.testing.assert_allclose(short, full[:, :5], rtol=0, atol=1e-12)
     again, _ = model.forward(tokens)
     np.testing.assert_allclose(again, full, rtol=0, atol=1e-12)
+
+
+def test_configure_scalers_gives_weights_and_inputs_their_own_recipes():
+    model = hq.LlamaModel(tiny_config())
+    model.configure_scalers(weight=dict(window=1, algo="most_recent"),
+                            activation=dict(window=16, fmax=14.0))
+    w = model.scalers["model.layers.1.mlp.gate_proj.weight"]
+    x = model.scalers["model.layers.1.mlp.gate_proj.input"]
+    assert (w.window, w.algo) == (1, "most_recent")
+    assert (x.window, x.algo, x.fmax) == (16, "max", 14.0)
+    model.reset_scalers(window=8)
+    assert all(s.window == 8 for s in model.scalers)
+    with pytest.raises((TypeError, ValueError)):
+        model.reset_scalers(window=0)

@@ -171,6 +171,9 @@ class LlamaConfig:
 def _rope_theta_from(d: dict) -> Optional[float]:
     """RoPE theta from the top level or rope_parameters/rope_scaling; reject other rope types."""
     theta = d.get("rope_theta")
+    if d.get("partial_rotary_factor", 1.0) not in (None, 1, 1.0):
+        raise ValueError(f"partial_rotary_factor={d['partial_rotary_factor']!r} is not "
+                         "supported: this model rotates the whole head dimension")
     for key in ("rope_parameters", "rope_scaling"):
         rp = d.get(key)
         if rp is None:
@@ -183,6 +186,10 @@ def _rope_theta_from(d: dict) -> Optional[float]:
                 f"{key}.rope_type={rope_type!r} is not supported: this model implements only "
                 "the default RoPE (theta ** (-2i/d)); convert the checkpoint or extend "
                 "hif8qat/model/llama.py rope frequencies")
+        prf = rp.get("partial_rotary_factor", 1.0)
+        if prf not in (None, 1, 1.0):
+            raise ValueError(f"{key}.partial_rotary_factor={prf!r} is not supported: this "
+                             "model rotates the whole head dimension")
         if rp.get("rope_theta") is not None:
             if theta is not None and float(theta) != float(rp["rope_theta"]):
                 raise ValueError(f"rope_theta ({theta}) and {key}.rope_theta "

@@ -305,7 +305,7 @@ class LlamaModel:
         self.set_precision(precision)
         self.calibrating = False
         self._scalers = None
-        self._scaler_recipe = {}
+        self._scaler_recipe = ({}, {})
         self._acts = None           # forward activations kept for backward (llm.c's acts)
         self._rope_cache = {}
 
@@ -359,18 +359,33 @@ class LlamaModel:
     def reset_scalers(self, **recipe) -> None:
         """Create fresh DelayedScalers with this recipe (window, algo, fmax, margin, clip,
         ste), one per projection weight and input. Forgets all amax histories."""
+        self.configure_scalers(weight=recipe, activation=recipe)
+
+    def configure_scalers(self, weight: Optional[dict] = None,
+                          activation: Optional[dict] = None) -> None:
+        """Create fresh DelayedScalers: ``weight`` is the recipe of every "<module>.weight"
+        scaler, ``activation`` of every "<module>.input" scaler (None: the defaults).
+        Forgets all amax histories.
+
+        Example::
+
+            model.configure_scalers(weight=dict(window=1, algo="most_recent"),
+                                    activation=dict(window=64, algo="max"))
+        """
         from hif8qat.scaling import DelayedScaler, ScalerGroup
+        weight, activation = dict(weight or {}), dict(activation or {})
         group = ScalerGroup()
         for name in self.scaler_names():
-            group.add(DelayedScaler(name=name, **recipe))
+            group.add(DelayedScaler(name=name, **(weight if name.endswith(".weight")
+                                                  else activation)))
         self._scalers = group
-        self._scaler_recipe = dict(recipe)
+        self._scaler_recipe = (weight, activation)
 
     @property
     def scalers(self):
         """The ScalerGroup of this model's DelayedScalers (default recipe on first use)."""
         if self._scalers is None:
-            self.reset_scalers(**self._scaler_recipe)
+            self.configure_scalers()
         return self._scalers
 
     # ------------------------------------------------------------------ forward

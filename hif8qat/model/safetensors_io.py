@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -284,6 +285,7 @@ def write_checkpoint_dir(directory, tensors: dict, dtype: Optional[str] = None,
     total = sum(sizes.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
         write_safetensors(os.path.join(directory, "model.safetensors"), tensors, dtype=dtype)
+        _remove_stale(directory, keep={"model.safetensors"})
         return ["model.safetensors"]
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be > 0, got {max_shard_bytes}")
@@ -305,4 +307,16 @@ def write_checkpoint_dir(directory, tensors: dict, dtype: Optional[str] = None,
     with open(os.path.join(directory, INDEX_NAME), "w", encoding="utf-8") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
         f.write("\n")
+    _remove_stale(directory, keep=set(files) | {INDEX_NAME})
     return files + [INDEX_NAME]
+
+
+_OUR_FILES = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
+
+
+def _remove_stale(directory, keep):
+    """Delete weight files an earlier save left in ``directory`` (a stale index or shard
+    would otherwise be read instead of, or mixed with, the new weights)."""
+    for name in os.listdir(directory):
+        if _OUR_FILES.match(name) and name not in keep:
+            os.remove(os.path.join(directory, name))
