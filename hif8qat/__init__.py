@@ -42,8 +42,11 @@ __all__ += ["TrainConfig", "Trainer", "TrainingDivergedError", "train"]
 from .eval import (ByteTokenizer, EvalResult, acc_stderr, evaluate, load_task,  # noqa: E402
                    load_tokenizer, paired_bootstrap, register_task)
 
+from .ptq import calibrate, export_hif8, load_hif8  # noqa: E402
+
 __all__ += ["ByteTokenizer", "EvalResult", "acc_stderr", "evaluate", "load_task",
-            "load_tokenizer", "paired_bootstrap", "register_task"]
+            "load_tokenizer", "paired_bootstrap", "register_task",
+            "calibrate", "export_hif8", "load_hif8"]
 
 # ---- embedded world (issue 8) ----
 from . import world  # noqa: E402  (registers world_knowledge/commonsense/reasoning)
