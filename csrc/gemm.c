@@ -33,6 +33,9 @@
 #define HQ_GEMM_KC 256
 #endif
 #define KC HQ_GEMM_KC /* even: K slices start on pair boundaries */
+#ifndef HQ_GEMM_MC_AVX2
+#define HQ_GEMM_MC_AVX2 144
+#endif
 #define MR_MAX 24
 #define ALIGN 64
 
@@ -59,7 +62,7 @@ typedef struct {
 static const kernel_info kernels[KID_COUNT] = {
     {"scalar", 4, 128, 4096, LAYOUT_F32, ukernel_scalar_4x16},
 #if defined(__x86_64__)
-    {"avx2", 6, 144, 4096, LAYOUT_F32, hq_gemm_ukernel_avx2_6x16},
+    {"avx2", 6, HQ_GEMM_MC_AVX2, 4096, LAYOUT_F32, hq_gemm_ukernel_avx2_6x16},
     {"avx512f", 24, 192, 4096, LAYOUT_F32, hq_gemm_ukernel_avx512_24x16},
     {"avx512bf16", 24, 192, 4096, LAYOUT_BF16, hq_gemm_ukernel_avx512bf16_24x16},
 #else
@@ -238,6 +241,10 @@ static inline uint32_t f32_bf16(float x) { return bf16_bits_from_f32(x); }
                      int width, int64_t kc, OUT_T *d) {                                   \
         const int64_t np = (kc + 1) / 2, full = kc / 2;                                   \
         if (k_stride == 1 || lanes == 1) {                                                \
+            if (k_stride == 1) /* request every lane's lines at once: misses overlap */   \
+                for (int l = 0; l < lanes; l++)                                           \
+                    for (int64_t o = 0; o < kc * (int64_t)sizeof(T); o += 64)             \
+                        __builtin_prefetch((const char *)(base + l * lane_stride) + o);   \
             for (int l = 0; l < lanes; l++) {                                             \
                 const T *x = base + l * lane_stride;                                      \
                 for (int64_t p = 0; p < full; p++, x += 2 * k_stride)                     \
@@ -423,8 +430,12 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
         ep_accumulate = 0;
     }
 
-    double flops = 2.0 * M * N * K;
+    /* threads: one for small products; never more than the work items of a block
+     * (each thread owns an MC x KC scratch panel) */
+    const double flops = 2.0 * M * N * K;
     int nt = flops < 4e6 ? 1 : hq_get_num_threads();
+    const int64_t max_items = ((M + MC - 1) / MC) * ((N < NC ? N : NC) + NR - 1) / NR;
+    if (nt > max_items) nt = (int)max_items;
     if (nt < 1) nt = 1;
     const size_t a_bytes = (size_t)MC * even_up(kcb) * esize;
     const size_t b_bytes = (size_t)NC * even_up(kcb) * esize;
