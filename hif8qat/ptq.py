@@ -78,8 +78,8 @@ def calibrate(model, batches, steps=None, precision=None, reset=False):
     if run_precision == "hif8":
         raise ValueError("calibration observes unquantized tensors: run it in 'fp32' or "
                          "'bf16' precision (hif8 casts need the scales it computes)")
-    if reset:
-        model.reset_scalers(**getattr(model, "_scaler_recipe", {}))
+    if reset:  # fresh scalers with the recipes they had, per role
+        model.configure_scalers(**_role_recipes({s.name: s.recipe() for s in model.scalers}))
     scalers = model.scalers
     frozen = [s.frozen for s in scalers]
     calibrating = model.calibrating
@@ -138,6 +138,19 @@ def _quantized_modules(model):
         if m + ".input" not in names:
             raise ValueError(f"scaler {m}.weight has no matching {m}.input scaler")
     return modules
+
+
+def _role_recipes(recipes, source="model"):
+    """{name: recipe} -> configure_scalers(weight=..., activation=...) arguments; every
+    scaler of a role must share its recipe (the model configures scalers per role)."""
+    out = {}
+    for role, suffix in (("weight", ".weight"), ("activation", ".input")):
+        found = {json.dumps(r, sort_keys=True) for n, r in recipes.items() if n.endswith(suffix)}
+        if len(found) > 1:
+            raise ValueError(f"{source}: the {role} scalers have different recipes; "
+                             "one recipe per role is supported")
+        out[role] = json.loads(found.pop()) if found else None
+    return out
 
 
 def _scalers_json(group):
@@ -230,7 +243,6 @@ def load_hif8(path, precision="hif8"):
     from hif8qat.model.io import load_state_dict
     from hif8qat.model.llama import LlamaModel
     from hif8qat.model.safetensors_io import read_header, read_safetensors
-    from hif8qat.scaling import DelayedScaler, ScalerGroup
 
     path = os.fspath(path)
     if not is_hif8_checkpoint(path):
@@ -246,14 +258,14 @@ def load_hif8(path, precision="hif8"):
     tensors = read_safetensors(st_path)
     model = LlamaModel(cfg, precision="fp32")
     modules = _quantized_modules(model)
-    group = ScalerGroup()
-    for name in model.scaler_names():
-        if name not in states:
-            raise ValueError(f"{st_path}: no scaler state for {name!r}")
-        s = DelayedScaler(name=name, **states[name]["recipe"])
-        s.load_state_dict(states[name])
-        group.add(s)
-    model._scalers = group   # the model owns its scalers; these carry the export's state
+    missing = [n for n in model.scaler_names() if n not in states]
+    if missing:
+        raise ValueError(f"{st_path}: no scaler state for {missing[0]!r}")
+    model.configure_scalers(**_role_recipes({n: states[n]["recipe"] for n in model.scaler_names()},
+                                            source=st_path))
+    group = model.scalers
+    for s in group:
+        s.load_state_dict(states[s.name])
     stored_codes, decoded = {}, {}
     for m in modules:
         for suffix in (".weight", ".weight_scale_inv", ".input_scale"):

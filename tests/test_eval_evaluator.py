@@ -341,3 +341,88 @@ def test_paired_bootstrap_interval():
     assert (same["diff"], same["low"], same["high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="equal lengths"):
         paired_bootstrap(a, b[:10])
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+def test_load_tokenizer_byte_level_reads_specials_from_config(tmp_path):
+    from hif8qat.eval import load_tokenizer
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 258, "bos_token_id": 256,
+                                                      "eos_token_id": 257}))
+    tok = load_tokenizer(tmp_path)
+    assert isinstance(tok, ByteTokenizer)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.add_bos_token) == (256, 257, False)
+    # a Llama config's default ids 1 and 2 would be bytes, not specials
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 256, "bos_token_id": 1,
+                                                      "eos_token_id": 2}))
+    assert load_tokenizer(tmp_path).prefix_token_id is None
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 258, "bos_token_id": 256}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+    tok = load_tokenizer(tmp_path)
+    assert tok.add_bos_token and encode_pair(tok, "hi", " x") == ([256, 104, 105], [32, 120])
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tmp_path / "nope")
+    with pytest.raises(ValueError, match=">= 256"):
+        ByteTokenizer(bos_token_id=3)
+
+
+def hf_tokenizer_dir(tmp_path, config):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["Question: what is the answer?\nAnswer: yes no maybe"] * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    from tokenizers import decoders
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    if config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize("config,expect_bos", [
+    (None, True),                                                   # post-processor adds <s>
+    ({"add_bos_token": False, "bos_token": "<s>", "eos_token": "</s>"}, False),
+    ({"add_bos_token": True, "bos_token": {"content": "<s>"}}, True)])
+def test_hf_tokenizer_json_bos_follows_the_config(tmp_path, config, expect_bos):
+    from hif8qat.eval import HFTokenizer, load_tokenizer
+    tok = load_tokenizer(hf_tokenizer_dir(tmp_path, config))
+    assert isinstance(tok, HFTokenizer)
+    assert tok.bos_token_id == 1 and tok.add_bos_token is expect_bos
+    ids = tok.encode("Answer: yes")
+    assert 1 not in ids and tok.decode(ids) == "Answer: yes"
+    ctx, cont = encode_pair(tok, "Question: what?\nAnswer:", " yes")
+    assert (ctx[0] == 1) is expect_bos and tok.decode(cont) == " yes"
+    whole = tok.encode("Question: what?\nAnswer: yes")
+    assert (ctx + cont)[int(expect_bos):] == whole
+
+
+def sp_tokenizer_dir(tmp_path, config):
+    spm = pytest.importorskip("sentencepiece")
+    import io
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["Question: what is the answer?", "Answer: yes no maybe"] * 50),
+        model_writer=model, vocab_size=40, model_type="bpe", character_coverage=1.0)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    if config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize("config,expect_bos", [(None, True), ({"add_bos_token": False}, False)])
+def test_sentencepiece_tokenizer_bos_follows_the_config(tmp_path, config, expect_bos):
+    from hif8qat.eval import SentencePieceTokenizer, load_tokenizer
+    tok = load_tokenizer(sp_tokenizer_dir(tmp_path, config))
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert tok.bos_token_id == 1 and tok.eos_token_id == 2 and tok.add_bos_token is expect_bos
+    ctx, cont = encode_pair(tok, "Question: what?\nAnswer:", " yes")
+    assert (ctx[0] == 1) is expect_bos and len(cont) >= 1
+    assert tok.decode(tok.encode("Answer: yes")) == "Answer: yes"
+    # scoring through the evaluator uses these tokens
+    model = FirstTokenBigram(vocab=tok.vocab_size)
+    (ll, _), = loglikelihood_tokens(model, [(ctx, cont)], max_length=64)
+    assert ll == pytest.approx(reference_ll(model, ctx, cont, 64), abs=1e-9)

@@ -223,3 +223,13 @@ def test_generate_until_is_greedy_and_stops():
     assert out == ["def", "yz{"]
     with pytest.raises(ValueError, match="greedily"):
         lm.generate_until([req("a", {"do_sample": True})])
+
+
+def test_constructed_from_an_exported_hif8_directory(setup, tmp_path):
+    model = hq.load_model(setup.model_dir)
+    hq.calibrate(model, [np.arange(64).reshape(2, 32) % 256])
+    hq.export_hif8(model, tmp_path / "q")
+    lm = register()(pretrained=str(tmp_path / "q"), batch_size=4)
+    assert lm.model.precision == "hif8"
+    (ll, greedy), = lm.loglikelihood([req("Question: a?\nAnswer:", " yes")])
+    assert math.isfinite(ll) and ll < 0

@@ -63,6 +63,7 @@ def test_calibrate_rejects_bad_input():
 
 def test_export_then_load_gives_bit_identical_logits_and_scores(tmp_path):
     model = tiny_model(seed=3)
+    model.configure_scalers(weight=dict(window=1, algo="most_recent"), activation=dict(window=8))
     ptq.calibrate(model, batches(4, seed=1), steps=4)
     model.set_precision("hif8")
     model.scalers.set_frozen(True)
@@ -72,6 +73,9 @@ def test_export_then_load_gives_bit_identical_logits_and_scores(tmp_path):
     ptq.export_hif8(model, out)
     again = ptq.load_hif8(out)
     assert again.precision == "hif8" and all(s.frozen for s in again.scalers)
+    assert [s.state_dict()["recipe"] for s in again.scalers] == \
+        [s.state_dict()["recipe"] for s in model.scalers]
+    assert [s.n_valid for s in again.scalers][:2] == [1, 4]
     got, _ = again.forward(tokens)
     assert np.array_equal(got, expected)
     # the hq.evaluate scores agree too (the same logits, the same requests)
@@ -136,3 +140,13 @@ def test_text_batches_chunk_a_corpus():
     assert bytes(out[0][1].astype(np.uint8)) == b"abcdefgh"
     with pytest.raises(ValueError, match="fewer than one batch"):
         list(ptq.text_batches("ab", ByteTokenizer(), seq_len=8, batch_size=2))
+
+
+def test_calibrate_reset_forgets_histories_but_keeps_recipes():
+    model = tiny_model()
+    model.configure_scalers(weight=dict(window=2), activation=dict(window=5))
+    ptq.calibrate(model, batches(3))
+    assert [s.n_valid for s in model.scalers][:2] == [2, 3]
+    ptq.calibrate(model, batches(1), reset=True)
+    assert all(s.n_valid == 1 for s in model.scalers)
+    assert [s.window for s in model.scalers][:2] == [2, 5]

@@ -67,12 +67,13 @@ def _build_class():
         """hif8qat model as an lm-eval ``LM``.
 
         Either ``pretrained`` (a model directory, loaded with ``hq.load_model`` in
-        ``precision``, its tokenizer with ``hq.load_tokenizer``) or ``model`` and
+        ``precision`` (default "fp32") — or an ``hq.export_hif8`` directory, loaded as
+        its frozen hif8 model — and its tokenizer with ``hq.load_tokenizer``) or ``model`` and
         ``tokenizer`` objects. ``batch_size`` rows per forward; ``max_length`` defaults
         to the model's ``max_position_embeddings``.
         """
 
-        def __init__(self, pretrained=None, precision="fp32", batch_size=16, max_length=None,
+        def __init__(self, pretrained=None, precision=None, batch_size=16, max_length=None,
                      model=None, tokenizer=None, **kwargs):
             super().__init__()
             unknown = {k: v for k, v in kwargs.items() if v is not None
@@ -83,7 +84,11 @@ def _build_class():
                 if pretrained is None:
                     raise ValueError("HiF8QatLM needs pretrained=<model dir> or model=<object>")
                 from hif8qat.model import load_model
-                model = load_model(pretrained, precision=precision)
+                from hif8qat.ptq import is_hif8_checkpoint, load_hif8
+                if is_hif8_checkpoint(pretrained):   # an hq.export_hif8 directory
+                    model = load_hif8(pretrained, precision=precision or "hif8")
+                else:
+                    model = load_model(pretrained, precision=precision or "fp32")
             elif precision is not None and getattr(model, "precision", precision) != precision:
                 model.set_precision(precision)
             if tokenizer is None:
