@@ -43,10 +43,11 @@ class LinearCache:
     """What a linear layer's backward needs from its forward (llm.c keeps these in acts)."""
 
     __slots__ = ("precision", "x", "weight", "x_codes", "x_scale_inv", "x_mask",
-                 "w_codes", "w_scale_inv", "w_mask", "has_bias")
+                 "w_codes", "w_scale_inv", "w_mask", "has_bias", "sequences")
 
-    def __init__(self, precision, x, weight, has_bias):
+    def __init__(self, precision, x, weight, has_bias, sequences=1):
         self.precision = precision
+        self.sequences = sequences
         self.x = x
         self.weight = weight
         self.has_bias = has_bias
@@ -54,21 +55,32 @@ class LinearCache:
         self.x_scale_inv = self.w_scale_inv = 1.0
 
 
+def _rowwise_matmul(a, b, sequences):
+    """a (N, K) · b (K, M) as one matmul per sequence of N // sequences rows: BLAS picks
+    kernels by the row count, so this keeps a row's result independent of how many
+    sequences share the batch (hq.gemm is row-independent by construction)."""
+    if sequences <= 1:
+        return a @ b
+    N, K = a.shape
+    return np.matmul(a.reshape(sequences, N // sequences, K), b).reshape(N, -1)
+
+
 def linear_forward(x, weight, bias=None, *, precision="fp32", w_scaler=None, x_scaler=None,
-                   calibrating=False):
+                   calibrating=False, sequences=1):
     """y = x · weightᵀ + bias.  x (N, C), weight (OC, C), bias (OC,) -> y (N, OC), cache.
 
     In hif8 precision ``w_scaler`` / ``x_scaler`` quantize the weight / the input; when
-    ``calibrating`` in fp32/bf16 precision they observe them instead.
+    ``calibrating`` in fp32/bf16 precision they observe them instead. ``sequences``: the
+    rows are that many sequences of equal length (fp32 runs one matmul per sequence).
     """
     if precision == "fp32":
         if calibrating:
             w_scaler.observe(weight)
             x_scaler.observe(x)
-        y = x @ weight.T
+        y = _rowwise_matmul(x, weight.T, sequences)
         if bias is not None:
             y += bias
-        return y, LinearCache("fp32", x, weight, bias is not None)
+        return y, LinearCache("fp32", x, weight, bias is not None, sequences)
 
     if x.dtype != np.float32 or weight.dtype != np.float32:
         raise TypeError(f"{precision} precision runs on float32 tensors, got {x.dtype} input "
@@ -108,7 +120,7 @@ def linear_backward(dy, cache, dweight, dbias=None, *, accumulate=False):
             dbias[...] = db
 
     if cache.precision == "fp32":
-        dx = dy @ cache.weight                    # x: y = x · Wᵀ  ->  dX = dY · W
+        dx = _rowwise_matmul(dy, cache.weight, cache.sequences)   # y = x·Wᵀ -> dX = dY·W
         if accumulate:
             dweight += dy.T @ cache.x             # W:               dW = dYᵀ · X
         else:

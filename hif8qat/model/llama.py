@@ -197,6 +197,30 @@ def swiglu_backward(dh, g, u):
     return dg, du
 
 
+# ----------------------------------------------------------------------------- LM head
+def lm_head_forward(xf, weight, B):
+    """xf is (N, C) with N = B*T, weight is (V, C) -> logits (N, V), in the model's dtype.
+
+    One matmul per sequence, so that a row's logits never depend on how many sequences
+    share the batch (BLAS picks kernels by the row count; evaluation scores must not
+    depend on the batch size, and micro-batches must match the full batch).
+    """
+    N, C = xf.shape
+    logits = np.matmul(xf.reshape(B, N // B, C), weight.T)      # (B, T, V)
+    return logits.reshape(N, -1)
+
+
+def lm_head_backward(dlogits, xf, weight, dweight, B, accumulate=False):
+    """dlogits (N, V) -> dxf (N, C); dweight (V, C) written or accumulated in place."""
+    N, V = dlogits.shape
+    dw = dlogits.T @ xf                                         # logits = xf · Wᵀ
+    if accumulate:
+        dweight += dw
+    else:
+        dweight[...] = dw
+    return np.matmul(dlogits.reshape(B, N // B, V), weight).reshape(N, -1)
+
+
 # ----------------------------------------------------------------------------- loss
 def cross_entropy_forward(logits, targets):
     """logits (N, V), targets (N,) int with -100 = ignore -> (mean loss, lse (N,), n_valid).
@@ -455,7 +479,7 @@ class LlamaModel:
             w_s = sc[module + ".weight"] if need_scalers else None
             x_s = sc[module + ".input"] if need_scalers else None
             return linear_forward(x, P[module + ".weight"], b, precision=prec,
-                                  w_scaler=w_s, x_scaler=x_s, calibrating=calib)
+                                  w_scaler=w_s, x_scaler=x_s, calibrating=calib, sequences=B)
 
         x = embedding_forward(P["model.embed_tokens.weight"], tokens).reshape(N, C)
         layers = []
@@ -491,7 +515,7 @@ class LlamaModel:
                 layers.append(a)
         xf, rstd_f = rmsnorm_forward(x, P["model.norm.weight"], cfg.rms_norm_eps)
         w_head = P["model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
-        logits = xf @ w_head.T                                        # (N, V)
+        logits = lm_head_forward(xf, w_head, B)                       # (N, V)
         if targets is None:
             return logits.reshape(B, T, -1), None
         tflat = targets.reshape(-1)
@@ -543,11 +567,9 @@ class LlamaModel:
         dlogits = cross_entropy_backward(acts.pop("logits"), acts["lse"], acts["targets"],
                                          acts["n_valid"], dloss)
         head = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-        if accumulate or cfg.tie_word_embeddings:
-            G[head] += dlogits.T @ acts["xf"]
-        else:
-            np.matmul(dlogits.T, acts["xf"], out=G[head])
-        dxf = dlogits @ P[head]
+        # a tied head adds to the embedding's gradient (zeroed above unless accumulating)
+        dxf = lm_head_backward(dlogits, acts["xf"], P[head], G[head], B,
+                               accumulate=accumulate or cfg.tie_word_embeddings)
         del dlogits
         dx = rmsnorm_backward(dxf, acts["x"], P["model.norm.weight"], acts["rstd_f"],
                               G["model.norm.weight"], accumulate=accumulate)
