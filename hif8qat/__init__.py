@@ -52,3 +52,8 @@ __all__ += ["ByteTokenizer", "EvalResult", "acc_stderr", "evaluate", "load_task"
 from . import world  # noqa: E402  (registers world_knowledge/commonsense/reasoning)
 
 __all__ += ["world"]
+
+# ---- Hessian spectrum probe and WinQ (issue 10) ----
+from .hessian import HessianSpectrum, hessian_spectrum  # noqa: E402
+
+__all__ += ["HessianSpectrum", "hessian_spectrum"]

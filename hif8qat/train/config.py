@@ -61,7 +61,10 @@ GRAD_ROUNDINGS = ("nearest", "stochastic")
 # checkpoint, so model_dir is not read again), never what a step computes. A longer
 # `steps` stretches a cosine schedule: the resumed steps then follow the new one.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "eval_every",
-                     "progress", "run_dir", "data", "model_dir")
+                     "progress", "run_dir", "data", "model_dir",
+                     # the Hessian probe restores every bit it touches (hessian.py)
+                     "hessian_every", "hessian_k", "hessian_iters", "hessian_probes",
+                     "hessian_batches")
 
 
 @dataclass
@@ -136,6 +139,15 @@ class TrainConfig:
     keep_checkpoints: int = 2             # newest checkpoints kept on disk
     eval_every: int = 0                   # steps between eval hooks; 0 = only at the end
     progress: bool = True                 # tqdm progress bar
+    # -- WinQ (arXiv 2605.17471; see winq.py) and the Hessian probe (hessian.py) --------
+    winq_reset_every: int = 0             # QAT steps between resets w <- (1-a)w + a Q(w); 0 = off
+    winq_alpha: float = 0.5               # the reset's a, in [0, 1]
+    winq_noise_std: float = 0.0           # gradient at w + eps, eps ~ N(0, (std RMS(w))^2); 0 = off
+    hessian_every: int = 0                # steps between Hessian spectrum probes; 0 = off
+    hessian_k: int = 3                    # top/bottom eigenvalues reported
+    hessian_iters: int = 20               # Lanczos steps per probe vector
+    hessian_probes: int = 2               # Rademacher vectors for the density (SLQ)
+    hessian_batches: int = 1              # fixed batches (the run's first) the probe uses
 
     # ---------------------------------------------------------------------------
     def __post_init__(self):
@@ -269,6 +281,22 @@ class TrainConfig:
         integer("keep_checkpoints", 1)
         integer("eval_every", 0)
         boolean("progress")
+        # WinQ and the Hessian probe
+        integer("winq_reset_every", 0)
+        number("winq_alpha", 0.0, 1.0)
+        number("winq_noise_std", 0.0)
+        if self.winq_reset_every and self.precision != "hif8":
+            raise ValueError("TrainConfig.winq_reset_every needs precision = 'hif8': the reset "
+                             "moves weights towards their HiF8 values, which a "
+                             f"{self.precision} run has no scales for")
+        integer("hessian_every", 0)
+        integer("hessian_k", 1)
+        integer("hessian_iters", 2)
+        integer("hessian_probes", 1)
+        integer("hessian_batches", 1)
+        if self.hessian_k > self.hessian_iters:
+            raise ValueError(f"TrainConfig.hessian_k ({self.hessian_k}) must not exceed "
+                             f"hessian_iters ({self.hessian_iters})")
 
     # -- dict / TOML round trip ---------------------------------------------------------
     def to_dict(self) -> dict:

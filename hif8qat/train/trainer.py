@@ -6,13 +6,16 @@ One optimizer step, top to bottom (``Trainer.step``)::
     model.set_precision(...)               # the phase switch changes precision only
     lr = lr_at(step, ...)                  # one schedule for the whole run
     inputs, targets = data.next_batch()    # batch k depends on (seed, k) only
-    for each micro-batch i:                # weight_i = its share of the step's targets
-        loss_i = model.forward(x_i, y_i)
-        model.backward(dloss=weight_i, accumulate=i > 0)
+    with weight_noise(model, winq_noise_std, rng):   # WinQ: gradient at w + eps (opt-in)
+        for each micro-batch i:            # weight_i = its share of the step's targets
+            loss_i = model.forward(x_i, y_i)
+            model.backward(dloss=weight_i, accumulate=i > 0)
     grad_norm = clip_grad_norm_(grads)     # global norm, float64 sum
     diagnostics = model.scalers.diagnostics()   # the step just finished (QAT / warm-up)
     model.scalers.update()                 # exactly once per optimizer step
     optimizer.step(grads, lr)              # AdamW on the flat buffer
+    winq_reset(model, alpha)               # WinQ, every winq_reset_every QAT steps (opt-in)
+    hessian_spectrum(model, ...)           # every hessian_every steps (opt-in, changes nothing)
     log.jsonl += one line                  # step, phase, lr, loss, grad_norm, scalers...
 
 A run directory holds ``config.toml`` (the resolved config), ``log.jsonl`` (one JSON
@@ -24,7 +27,10 @@ Each log line: ``step`` (1-based count of steps done), ``phase``, ``lr``, ``loss
 clipping), ``tokens`` (non-ignored targets), ``saturated`` (scalers with a clipped
 element this step), ``scalers`` ({name: {amax, scale, headroom,
 clipped_fraction}}, where ``scale`` is the one the step used; absent in baselines),
-``eval`` (hook results, on the steps the hooks ran) and the wall-clock fields
+``eval`` (hook results, on the steps the hooks ran), ``winq_reset`` (on reset steps:
+moved_rms, tensors), ``hessian`` (on probe steps: top, bottom, near_zero_fraction,
+negative_fraction, n_negative_ritz, delta; the whole spectrum goes to
+``hessian.jsonl``, one line per probe) and the wall-clock fields
 ``tokens_per_s`` and ``step_time_s`` (WALL_CLOCK_FIELDS: everything else is
 bit-identical between an uninterrupted and a resumed run).
 
@@ -55,6 +61,7 @@ from . import checkpoint as ckpt
 from .config import RESUMABLE_CHANGES, TrainConfig, _toml
 from .data import IGNORE_INDEX, TokenBatches, load_tokens, split_micro_batches
 from .optim import AdamW, clip_grad_norm_, global_grad_norm, lr_at, matrix_decay_mask
+from ..winq import weight_noise, winq_reset
 
 # log fields that measure the machine, not the computation: left out when comparing
 # an uninterrupted run with a resumed one
@@ -108,6 +115,7 @@ class Trainer:
         self.run_dir = os.path.abspath(cfg.run_dir)
         self.checkpoints_dir = os.path.join(self.run_dir, "checkpoints")
         self.log_path = os.path.join(self.run_dir, "log.jsonl")
+        self.hessian_path = os.path.join(self.run_dir, "hessian.jsonl")
 
         # ---- every check before any work --------------------------------------------
         from hif8qat.model import LlamaConfig, LlamaModel, load_model
@@ -180,6 +188,7 @@ class Trainer:
         ckpt.atomic_write_text(os.path.join(self.run_dir, "config.toml"), cfg.to_toml())
         if _resume is not None:
             self._truncate_log(self.step_index)
+            _truncate_jsonl(self.hessian_path, self.step_index)
         elif not os.path.exists(self.log_path):
             open(self.log_path, "w").close()
 
@@ -223,17 +232,21 @@ class Trainer:
                              "the loss mask leaves nothing to learn from")
         loss = 0.0
         first = True
-        for x, y, weight in split_micro_batches(inputs, targets, cfg.grad_accum_steps):
-            if weight == 0.0:
-                model.forward(x)   # no targets here, but the scalers still see the inputs
-                continue
-            _, micro_loss = model.forward(x, y)
-            micro_loss = float(micro_loss)
-            if not math.isfinite(micro_loss):
-                self._diverge(s, phase, lr, f"the loss became {micro_loss}")
-            model.backward(dloss=weight, accumulate=not first)
-            first = False
-            loss += weight * micro_loss
+        # WinQ: the gradient is measured at w + eps (not during the warm-up, whose scalers
+        # calibrate on the weights); the clean weights are back before the update
+        noise_std = cfg.winq_noise_std if phase != "bf16_warmup" else 0.0
+        with weight_noise(model, noise_std, self.rng):
+            for x, y, weight in split_micro_batches(inputs, targets, cfg.grad_accum_steps):
+                if weight == 0.0:
+                    model.forward(x)   # no targets here, but the scalers still see the inputs
+                    continue
+                _, micro_loss = model.forward(x, y)
+                micro_loss = float(micro_loss)
+                if not math.isfinite(micro_loss):
+                    self._diverge(s, phase, lr, f"the loss became {micro_loss}")
+                model.backward(dloss=weight, accumulate=not first)
+                first = False
+                loss += weight * micro_loss
 
         grads = model.grads_flat
         grad_norm = (clip_grad_norm_(grads, cfg.grad_clip) if cfg.grad_clip > 0
@@ -263,6 +276,11 @@ class Trainer:
                     self.last_saturation_step = s + 1
         self.optimizer.step(grads, lr)
         self.step_index = s + 1
+        winq_log = None
+        if cfg.winq_reset_every and phase == "qat" and \
+                (s + 1 - cfg.bf16_warmup_steps) % cfg.winq_reset_every == 0:
+            # after scalers.update(): Q(w) uses the scale the next forward will use
+            winq_log = winq_reset(model, cfg.winq_alpha)
 
         dt = time.perf_counter() - t0
         self.elapsed_s += dt
@@ -270,6 +288,10 @@ class Trainer:
                   "grad_norm": grad_norm, "tokens": n_targets, "saturated": saturated}
         if scalers_log is not None:
             record["scalers"] = scalers_log
+        if winq_log is not None:
+            record["winq_reset"] = winq_log
+        if cfg.hessian_every and self.step_index % cfg.hessian_every == 0:
+            record["hessian"] = self.probe_hessian(phase).summary()
         if self.eval_hooks and self._eval_due():
             record["eval"] = self.evaluate()
         record["tokens_per_s"] = cfg.tokens_per_step / dt if dt > 0 else None
@@ -290,6 +312,35 @@ class Trainer:
             f"step {s + 1} ({phase}, lr={lr:.3g}): {what}; the run stopped and the parameters "
             f"were not updated; {where}. Lower the learning rate, add an LR warm-up or "
             "BF16 warm-up steps, or check the data.")
+
+    # ------------------------------------------------------------------ Hessian probe
+    def hessian_batches(self) -> list:
+        """The probe's fixed data: the run's first ``hessian_batches`` batches, split into
+        micro-batches as a step would (the same data at every probe, so the spectra of a
+        run, and of two runs with one seed, are comparable)."""
+        cfg = self.config
+        out = []
+        for i in range(cfg.hessian_batches):
+            inputs, targets = self.data.batch(i)          # the data position is not moved
+            out += [(x, y) for x, y, w in split_micro_batches(inputs, targets,
+                                                               cfg.grad_accum_steps) if w > 0]
+        return out
+
+    def probe_hessian(self, phase: Optional[str] = None):
+        """Run hq.hessian_spectrum at the current weights, in the current precision,
+        append it to hessian.jsonl and return it. Restores every bit it touches, so a
+        run with probes trains exactly as one without."""
+        from hif8qat.hessian import hessian_spectrum
+        cfg = self.config
+        t0 = time.perf_counter()
+        spec = hessian_spectrum(self.model, self.hessian_batches(), k=cfg.hessian_k,
+                                iters=cfg.hessian_iters, probes=cfg.hessian_probes,
+                                seed=cfg.seed)
+        line = {"step": self.step_index, "phase": phase or self.phase, **spec.to_dict(),
+                "time_s": time.perf_counter() - t0}
+        with open(self.hessian_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, default=_json_default) + "\n")
+        return spec
 
     # ------------------------------------------------------------------ evaluation
     def _eval_due(self) -> bool:
@@ -608,6 +659,22 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+def _truncate_jsonl(path: str, step: int) -> None:
+    """Keep the lines of a per-step JSONL file (hessian.jsonl) with step <= step."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, "r", encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break   # a line cut by a kill
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    ckpt.atomic_write_text(path, "".join(kept))
 
 
 def _latest_or_none(checkpoints_dir):
