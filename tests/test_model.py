@@ -842,3 +842,15 @@ def test_a_sequence_gets_bitwise_the_same_logits_and_gradients_in_any_batch(prec
     model.forward(tokens[1:], targets[1:])
     model.backward(dloss=0.75, accumulate=True)
     np.testing.assert_allclose(model.grads_flat, g_full, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_attention_in_sequence_chunks_gives_identical_logits(monkeypatch):
+    import hif8qat.model.llama as llama_mod
+    cfg = tiny_config()
+    model = perturbed_model(cfg, np.float32)
+    tokens, _ = batch(cfg, B=5, T=12)
+    full, _ = model.forward(tokens)
+    full = full.copy()
+    monkeypatch.setattr(llama_mod, "INFERENCE_SCORE_BYTES", 1)   # one sequence at a time
+    chunked, _ = model.forward(tokens)
+    np.testing.assert_array_equal(chunked, full)

@@ -35,6 +35,7 @@ from .config import LlamaConfig
 from .linear import PRECISIONS, linear_backward, linear_forward
 
 IGNORE_INDEX = -100
+INFERENCE_SCORE_BYTES = 256 << 20   # attention score buffer bound when no backward follows
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -497,7 +498,16 @@ class LlamaModel:
                 q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B, KV, R * T, D)
             ka = np.ascontiguousarray(k.transpose(0, 2, 1, 3))
             va = np.ascontiguousarray(v.reshape(B, T, KV, D).transpose(0, 2, 1, 3))
-            oa, probs = attention_forward(qa, ka, va, bias)
+            # inference keeps no probs: run a few sequences at a time so that the
+            # (b, KV, R*T, T) score buffer stays under INFERENCE_SCORE_BYTES
+            step = B if keep else max(1, INFERENCE_SCORE_BYTES // (KV * R * T * T * qa.itemsize))
+            if step >= B:
+                oa, probs = attention_forward(qa, ka, va, bias)
+            else:
+                oa = np.concatenate([attention_forward(qa[j:j + step], ka[j:j + step],
+                                                       va[j:j + step], bias)[0]
+                                     for j in range(0, B, step)])
+                probs = None
             o = np.ascontiguousarray(
                 oa.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4)).reshape(N, H * D)
             y, a["o_proj"] = lin(o, p + "self_attn.o_proj")           # (N, C)
