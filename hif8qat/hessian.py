@@ -32,14 +32,20 @@ system, from the model's own backward:
   not resolved; the negative fraction is then only known to lie between the mass
   below −δ and the mass below +δ).
 
-Precision: the probe runs in the model's current precision (fp32, bf16 or hif8). In
-bf16/hif8 the gradient is the straight-through one and the forward rounds its operands,
-so a product measures the curvature of that surrogate at the scale h (take a larger
-``rel_step``, e.g. 1e-2, so that perturbations span rounding steps). In hif8 the
+Precision: the probe runs in the model's current precision, or in ``precision``
+("fp32", "bf16", "hif8") for its duration. fp32 gives the curvature of the
+full-precision loss at the current weights, accurately (the default of the training
+hook). In bf16/hif8 the gradient is the straight-through one and the forward rounds
+its operands, so a finite difference measures the curvature of that surrogate *at the
+scale h*: with h below the rounding steps, code flips make the products noisy and
+asymmetric. Measured on the tiny test model (``uᵀHv`` vs ``vᵀHu``, relative): bf16
+needs rel_step ≈ 1e-2 (asymmetry 1e-3); hif8 stays at 0.4–0.6 up to rel_step 3e-2 and
+only smooths out near 1e-1, where truncation already moves the products by ~20 % —
+so a hif8 spectrum is a smoothed, qualitative picture, not an exact one. In hif8 the
 scalers are frozen during the probe (the delayed scales stay those of the last step,
 and no amax is recorded); calibration is switched off. Afterwards the weights, the
-gradient buffer, the scalers' frozen flags and ``calibrating`` are restored exactly
-(bit for bit), so probing never changes a training run.
+gradient buffer, the precision, the scalers' frozen flags and ``calibrating`` are
+restored exactly (bit for bit), so probing never changes a training run.
 
 Cost: ``probes × iters`` Hessian-vector products, each two forward+backward passes over
 ``batches``; memory ``iters × n`` float64 numbers for the Lanczos basis (n parameters).
@@ -172,7 +178,7 @@ class _Probe:
     scalers' frozen flags are put back exactly as they were.
     """
 
-    def __init__(self, model, batches):
+    def __init__(self, model, batches, precision=None):
         for attr in ("params_flat", "grads_flat", "forward", "backward"):
             if not hasattr(model, attr):
                 raise TypeError(f"model must have params_flat, grads_flat, forward(tokens, "
@@ -185,10 +191,19 @@ class _Probe:
         self.batches = _check_batches(batches)
         self.dtype = p.dtype
         self.n = p.size
-        self.precision = getattr(model, "precision", "fp32")
+        self.run_precision = getattr(model, "precision", "fp32")
+        if precision is not None and precision not in ("fp32", "bf16", "hif8"):
+            raise ValueError(f"precision must be 'fp32', 'bf16', 'hif8' or None (the model's "
+                             f"current one), got {precision!r}")
+        if precision is not None and precision != self.run_precision \
+                and not hasattr(model, "set_precision"):
+            raise TypeError("this model has no set_precision; leave precision=None")
+        self.precision = precision or self.run_precision
 
     def __enter__(self):
         m = self.model
+        if self.precision != self.run_precision:
+            m.set_precision(self.precision)
         self.w0 = m.params_flat.copy()
         self.g0 = m.grads_flat.copy()
         self.w64 = self.w0.astype(np.float64)
@@ -207,6 +222,8 @@ class _Probe:
         m = self.model
         m.params_flat[...] = self.w0      # a copy, not w - h·v: bit for bit
         m.grads_flat[...] = self.g0
+        if self.precision != self.run_precision:
+            m.set_precision(self.run_precision)
         if self.calibrating is not None:
             m.calibrating = self.calibrating
         if self.frozen is not None:
@@ -259,19 +276,21 @@ def _check_positive(name, value, integer=False, lo=None):
 
 
 # ------------------------------------------------------------------------------ public API
-def hessian_vector_product(model, batches, v, *, rel_step: float = 1e-3) -> np.ndarray:
+def hessian_vector_product(model, batches, v, *, rel_step: float = 1e-3,
+                           precision: Optional[str] = None) -> np.ndarray:
     """H v of the token-weighted mean loss over ``batches`` at the model's weights.
 
     Central difference of the model's gradients, h = rel_step · ‖w‖ / ‖v‖ (see the
     module docstring); v is a 1-D array the size of ``model.params_flat``; returns
-    float64. The model's weights and gradients are restored bit for bit.
+    float64. ``precision``: run the probe in this precision (default: the model's).
+    The model's weights and gradients are restored bit for bit.
 
     Example::
 
         hv = hq.hessian.hessian_vector_product(model, [(x, y)], v)
     """
     rel_step = _check_positive("rel_step", rel_step)
-    with _Probe(model, batches) as probe:
+    with _Probe(model, batches, precision) as probe:
         v = np.asarray(v, dtype=np.float64)
         if v.shape != (probe.n,):
             raise ValueError(f"v must have shape ({probe.n},) like model.params_flat, "
@@ -335,7 +354,7 @@ def _ritz(alpha, beta):
 def hessian_spectrum(model, batches, k: int = 5, iters: int = 30, *, probes: int = 4,
                      rel_step: float = 1e-3, delta: Optional[float] = None,
                      sigma: Optional[float] = None, grid_size: int = 256,
-                     seed: int = 0) -> HessianSpectrum:
+                     seed: int = 0, precision: Optional[str] = None) -> HessianSpectrum:
     """Extreme eigenvalues and spectral density of the loss Hessian at the model's weights.
 
     Args:
@@ -353,6 +372,8 @@ def hessian_spectrum(model, batches, k: int = 5, iters: int = 30, *, probes: int
         sigma: Gaussian broadening of the density; default 1 % of the Ritz-value range.
         grid_size: points of the density grid (spanning every node ± 4 sigma).
         seed: the probe vectors' generator seed (same seed, same vectors).
+        precision: "fp32" | "bf16" | "hif8" for the probe (the model's is restored
+            afterwards); None: the model's current precision.
 
     Returns a HessianSpectrum. The weights are restored bit for bit afterwards.
 
@@ -377,7 +398,7 @@ def hessian_spectrum(model, batches, k: int = 5, iters: int = 30, *, probes: int
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng([int(seed), 0x4E55])
 
-    with _Probe(model, batches) as probe:
+    with _Probe(model, batches, precision) as probe:
         n = probe.n
         runs = []
         for _ in range(probes):

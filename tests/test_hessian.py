@@ -204,3 +204,14 @@ def test_llama_spectrum_is_deterministic_given_the_seed():
     d = a.to_dict()
     assert d["num_parameters"] == m32.num_parameters and len(d["density"]) == 256
     assert set(a.summary()) >= {"top", "bottom", "near_zero_fraction", "negative_fraction"}
+
+
+def test_probe_precision_is_switched_for_the_probe_and_restored():
+    m32, _, batches = _tiny_models()
+    v = np.random.default_rng(5).standard_normal(m32.num_parameters)
+    ref = hessian_vector_product(m32, batches, v)                   # fp32 model
+    m32.set_precision("bf16")
+    assert np.array_equal(hessian_vector_product(m32, batches, v, precision="fp32"), ref)
+    assert m32.precision == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        hessian_vector_product(m32, batches, v, precision="fp8")

@@ -152,6 +152,10 @@ def test_winq_options_are_off_by_default_and_round_trip_through_toml(tmp_path):
         tiny_config(tmp_path, precision="bf16", winq_reset_every=2)
     with pytest.raises(ValueError, match="hessian_k"):
         tiny_config(tmp_path, hessian_k=9, hessian_iters=4)
+    with pytest.raises(ValueError, match="hessian_precision"):
+        tiny_config(tmp_path, precision="bf16", hessian_precision="hif8")
+    with pytest.raises(ValueError, match="hessian_rel_step"):
+        tiny_config(tmp_path, hessian_rel_step=0.0)
 
 
 def _final_state(run_dir):
@@ -216,7 +220,8 @@ def test_hessian_probes_do_not_change_training(tmp_path):
     plain = train(tiny_config(tmp_path, run_dir=str(tmp_path / "plain"), steps=6))
     probed = train(tiny_config(tmp_path, run_dir=str(tmp_path / "probed"), steps=6,
                                hessian_every=2, hessian_iters=4, hessian_k=2,
-                               hessian_probes=1))
+                               hessian_probes=1, hessian_precision="hif8",
+                               hessian_rel_step=0.1))
     assert _final_state(plain)[0] == _final_state(probed)[0]
     strip = [{k: v for k, v in r.items() if k != "hessian"}
              for r in read_log(probed, wall_clock=False)]
@@ -224,4 +229,5 @@ def test_hessian_probes_do_not_change_training(tmp_path):
     lines = _hessian_lines(probed)
     assert [(h["step"], h["phase"]) for h in lines] == [(2, "bf16_warmup"), (4, "qat"),
                                                       (6, "qat")]
-    assert all(len(h["top"]) == 2 and h["precision"] in ("bf16", "hif8") for h in lines)
+    assert all(len(h["top"]) == 2 and h["precision"] == "hif8" for h in lines)
+    assert all(h["rel_step"] == 0.1 for h in lines)

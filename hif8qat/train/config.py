@@ -64,7 +64,7 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "eval_ever
                      "progress", "run_dir", "data", "model_dir",
                      # the Hessian probe restores every bit it touches (hessian.py)
                      "hessian_every", "hessian_k", "hessian_iters", "hessian_probes",
-                     "hessian_batches")
+                     "hessian_batches", "hessian_precision", "hessian_rel_step")
 
 
 @dataclass
@@ -148,6 +148,8 @@ class TrainConfig:
     hessian_iters: int = 20               # Lanczos steps per probe vector
     hessian_probes: int = 2               # Rademacher vectors for the density (SLQ)
     hessian_batches: int = 1              # fixed batches (the run's first) the probe uses
+    hessian_precision: str = "fp32"       # probe in "fp32" (exact curvature) | "bf16" | "hif8"
+    hessian_rel_step: float = 1e-3        # finite-difference step / |w| (bf16: 1e-2, hif8: 1e-1)
 
     # ---------------------------------------------------------------------------
     def __post_init__(self):
@@ -294,6 +296,11 @@ class TrainConfig:
         integer("hessian_iters", 2)
         integer("hessian_probes", 1)
         integer("hessian_batches", 1)
+        choice("hessian_precision", PRECISIONS)
+        if self.hessian_precision == "hif8" and self.precision != "hif8":
+            raise ValueError("TrainConfig.hessian_precision = 'hif8' needs precision = "
+                             "'hif8' (a baseline run has no calibrated scalers)")
+        number("hessian_rel_step", 0.0, lo_open=True)
         if self.hessian_k > self.hessian_iters:
             raise ValueError(f"TrainConfig.hessian_k ({self.hessian_k}) must not exceed "
                              f"hessian_iters ({self.hessian_iters})")

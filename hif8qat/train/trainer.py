@@ -327,7 +327,7 @@ class Trainer:
         return out
 
     def probe_hessian(self, phase: Optional[str] = None):
-        """Run hq.hessian_spectrum at the current weights, in the current precision,
+        """Run hq.hessian_spectrum at the current weights, in hessian_precision,
         append it to hessian.jsonl and return it. Restores every bit it touches, so a
         run with probes trains exactly as one without."""
         from hif8qat.hessian import hessian_spectrum
@@ -335,7 +335,8 @@ class Trainer:
         t0 = time.perf_counter()
         spec = hessian_spectrum(self.model, self.hessian_batches(), k=cfg.hessian_k,
                                 iters=cfg.hessian_iters, probes=cfg.hessian_probes,
-                                seed=cfg.seed)
+                                rel_step=cfg.hessian_rel_step,
+                                precision=cfg.hessian_precision, seed=cfg.seed)
         line = {"step": self.step_index, "phase": phase or self.phase, **spec.to_dict(),
                 "time_s": time.perf_counter() - t0}
         with open(self.hessian_path, "a", encoding="utf-8") as fh:
