@@ -434,7 +434,7 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
      * (each thread owns an MC x KC scratch panel) */
     const double flops = 2.0 * M * N * K;
     int nt = flops < 4e6 ? 1 : hq_get_num_threads();
-    const int64_t max_items = ((M + MC - 1) / MC) * ((N < NC ? N : NC) + NR - 1) / NR;
+    const int64_t max_items = ((M + MC - 1) / MC) * (((N < NC ? N : NC) + NR - 1) / NR);
     if (nt > max_items) nt = (int)max_items;
     if (nt < 1) nt = 1;
     const size_t a_bytes = (size_t)MC * even_up(kcb) * esize;
@@ -449,7 +449,6 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
     }
 
     const int64_t n_ic = (M + MC - 1) / MC;
-    const int64_t npan_total = (N + NR - 1) / NR;
 
 #pragma omp parallel num_threads(nt)
     {
@@ -521,7 +520,6 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
                 for (int64_t j = 0; j < N; j++) c[i * ldc + j] += scratch[i * N + j];
         }
     }
-    (void)npan_total;
     free(a_bufs);
     free(b_buf);
     free(scratch);
