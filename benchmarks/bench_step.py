@@ -21,6 +21,7 @@ per repeat so machine noise hits them alike. Ratios are only meaningful within a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import tempfile
@@ -29,7 +30,6 @@ import time
 import numpy as np
 
 import hif8qat as hq
-import hif8qat.model.llama as llama_mod
 
 
 def make_config(quick):
@@ -121,10 +121,7 @@ def main():
             print(f"skip {m}: hq.gemm not built")
             continue
         if m == "torch":
-            try:
-                import torch  # noqa: F401
-                import transformers  # noqa: F401
-            except ImportError:
+            if not all(importlib.util.find_spec(p) for p in ("torch", "transformers")):
                 print("skip torch: torch/transformers not installed")
                 continue
             tmp = tempfile.mkdtemp(prefix="bench_step_")

@@ -205,7 +205,8 @@ def test_parameters_live_in_one_flat_buffer_with_hf_names():
     assert names[0] == "model.embed_tokens.weight" and names[-1] == "lm_head.weight"
     assert "model.layers.1.self_attn.o_proj.bias" in names
     assert "model.layers.0.mlp.down_proj.weight" in names
-    assert model.params_flat.size == cfg.num_parameters == sum(v.size for v in model.param_views.values())
+    n = sum(v.size for v in model.param_views.values())
+    assert model.params_flat.size == cfg.num_parameters == n
     for name, v in model.param_views.items():
         assert np.shares_memory(v, model.params_flat), name
         assert np.shares_memory(model.grad_views[name], model.grads_flat), name
@@ -491,7 +492,8 @@ class RefLlama:
             dgt = dh * s["up"] * sg * (1 + s["gt"] * (1 - sg))
             dup = dh * s["gt"] * sg
             dh2 = self.proj_back(dgt, s["g"], G) + self.proj_back(dup, s["u"], G)
-            dw, dres = self.norm_back(dh2, s["x2"], P[p + "post_attention_layernorm.weight"], s["r2"])
+            dw, dres = self.norm_back(dh2, s["x2"], P[p + "post_attention_layernorm.weight"],
+                                      s["r2"])
             G[p + "post_attention_layernorm.weight"] = dw
             dx = dx + dres
             do = self.proj_back(dx, s["o"], G).reshape(B, T, H, D)

@@ -9,7 +9,6 @@ v_proj **and** o_proj (checked in 5.24's modeling_llama.py), so a Llama with
 attention_bias=True is exactly OpenPangu-Embedded's ``bias: true`` layout.
 """
 import json
-import os
 import warnings
 
 import numpy as np

@@ -81,7 +81,8 @@ class LlamaConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         for name in ("rope_theta", "rms_norm_eps"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                    or v <= 0):
                 raise ValueError(f"LlamaConfig.{name} must be a finite number > 0, got {v!r}")
         self.rope_theta = float(self.rope_theta)
         self.rms_norm_eps = float(self.rms_norm_eps)

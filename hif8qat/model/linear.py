@@ -131,7 +131,8 @@ def linear_backward(dy, cache, dweight, dbias=None, *, accumulate=False):
     dy = np.ascontiguousarray(dy, dtype=np.float32)
     if cache.precision == "bf16":
         dx = gemm(dy, cache.weight)                             # bf16(dY) · bf16(W)
-        gemm(dy, cache.x, trans_a=True, out=dweight, accumulate=accumulate)  # bf16(dY)ᵀ · bf16(X)
+        # dW = bf16(dY)ᵀ · bf16(X), written (or added) straight into the gradient buffer
+        gemm(dy, cache.x, trans_a=True, out=dweight, accumulate=accumulate)
         return dx
 
     # hif8: the same codes as the forward, STE-masked where the cast clipped

@@ -559,7 +559,7 @@ class LlamaModel:
             raise ValueError(f"dloss must be finite, got {dloss}")
         cfg = self.config
         B, T = acts["shape"]
-        C, D = cfg.hidden_size, cfg.head_dim
+        D = cfg.head_dim
         H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
         R, N = H // KV, B * T
         P, G = self.param_views, self.grad_views
