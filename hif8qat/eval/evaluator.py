@@ -173,6 +173,25 @@ def _host_rows(inputs, max_length, pad_multiple):
     return rows, widths, [row_of_seq[seq] for seq in inputs]
 
 
+def _continuation_logprobs(logits, b_idx, t_idx, targets, chunk_elements=1 << 24):
+    """log softmax(logits[b, t])[target] in float64 and argmax == target, per position;
+    in chunks, so a large vocabulary never needs one (positions, V) float64 array."""
+    vocab = logits.shape[-1]
+    step = max(1, chunk_elements // max(vocab, 1))
+    logprob = np.empty(len(targets), dtype=np.float64)
+    greedy = np.empty(len(targets), dtype=bool)
+    for lo in range(0, len(targets), step):
+        hi = min(len(targets), lo + step)
+        x = logits[b_idx[lo:hi], t_idx[lo:hi]].astype(np.float64)          # (n, V)
+        tgt = targets[lo:hi]
+        with np.errstate(invalid="ignore", over="ignore"):
+            m = np.max(x, axis=1, keepdims=True)
+            lse = np.log(np.sum(np.exp(x - m), axis=1)) + m[:, 0]
+            logprob[lo:hi] = x[np.arange(hi - lo), tgt] - lse
+        greedy[lo:hi] = np.argmax(x, axis=1) == tgt
+    return logprob, greedy
+
+
 def loglikelihood_tokens(model, requests, batch_size=16, max_length=None, stats=None,
                          pad_multiple=PAD_MULTIPLE):
     """Score token requests: for each ``(context_tokens, continuation_tokens)``, the sum of
@@ -224,27 +243,20 @@ def loglikelihood_tokens(model, requests, batch_size=16, max_length=None, stats=
         if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
             raise ValueError(f"model.forward returned logits of shape {logits.shape}, "
                              f"expected ({tokens.shape[0]}, {tokens.shape[1]}, vocab)")
-        # Gather every scored position of the batch, then one float64 log-softmax.
-        b_idx, t_idx, targets, owner = [], [], [], []
+        # Gather every scored position of the batch; each request's positions are
+        # contiguous, in order, so its sum never depends on what else is in the batch.
+        b_idx, t_idx, targets, spans = [], [], [], []
         for b in range(len(batch)):
             for r in by_row[start + b]:
                 L, C = len(inputs[r]), n_cont[r]
-                cont = requests[r][1]
+                spans.append((r, len(targets), len(targets) + C))
                 b_idx += [b] * C
                 t_idx += range(L - C, L)  # logits at position t predict token t+1
-                targets += [int(t) for t in cont]
-                owner += [r] * C
-        x = logits[np.asarray(b_idx), np.asarray(t_idx)].astype(np.float64)   # (N, V)
-        targets = np.asarray(targets)
-        with np.errstate(invalid="ignore", over="ignore"):
-            m = np.max(x, axis=1, keepdims=True)
-            lse = np.log(np.sum(np.exp(x - m), axis=1)) + m[:, 0]
-            logprob = x[np.arange(len(targets)), targets] - lse
-        greedy = np.argmax(x, axis=1) == targets
-        owner = np.asarray(owner)
-        for r in set(owner.tolist()):
-            sel = owner == r
-            results[r] = (float(np.sum(logprob[sel])), bool(np.all(greedy[sel])))
+                targets += [int(t) for t in requests[r][1]]
+        logprob, greedy = _continuation_logprobs(logits, np.asarray(b_idx), np.asarray(t_idx),
+                                                 np.asarray(targets))
+        for r, lo, hi in spans:
+            results[r] = (float(np.sum(logprob[lo:hi])), bool(np.all(greedy[lo:hi])))
     if stats is not None:
         stats["requests"] = stats.get("requests", 0) + len(requests)
         stats["rows"] = stats.get("rows", 0) + len(rows)
