@@ -1,21 +1,17 @@
 /* Quantized GEMM: the reference kernel, packing, cache blocking, OpenMP and kernel
  * dispatch. The arithmetic contract (formats, summation order, epilogue) is in gemm.h.
  *
- * Blocking (GotoBLAS/BLIS style): op(B) is packed once per call into NR=16-column
- * panels, one per KC-deep slice of K (all threads share them; a pre-packed operand from
- * hq_pack_b has the same layout and skips this). Then the threads take work items, an
- * MC-row block of C times a chunk of 16-column panels, dynamically scheduled; per K
- * slice an item packs its MC x KC block of op(A) into MR-row panels (kept in L2) and
- * runs the MR x 16 micro-kernel down each B panel (kept in L1). The only barrier is the
- * one after the B packing: on a shared, loaded machine every barrier waits for the
- * slowest thread's next time slice. Packing decodes HiF8 codes through the 256-entry
- * table (or rounds float32 to bf16), so every operand element is converted once per
- * panel, and lays each k pair out odd-first so the micro-kernels are plain sequential
- * loops in the order of gemm.h.
+ * Blocking (GotoBLAS/BLIS style): for each NC-wide column block of C and each KC-deep
+ * slice of K, op(B) is packed once into NR=16-column panels (shared by all threads),
+ * then the threads take (MC-row block, column chunk) items; each packs its MC x KC block
+ * of op(A) into MR-row panels and runs the MR x 16 micro-kernel over the chunk. Packing
+ * decodes HiF8 codes through the 256-entry table (or rounds float32 to bf16), so every
+ * operand element is converted once per panel, and lays each k pair out odd-first so the
+ * micro-kernels are plain sequential loops in the order of gemm.h.
  *
  * Determinism: a K slice continues from the partial sums the previous slice stored in C
  * (float32 stores and loads are exact), so the sum over K of every output element is one
- * sequential chain whatever KC, MC or the thread count; threads split output tiles
+ * sequential chain whatever KC, MC, NC or the thread count; threads split output tiles
  * only. With accumulate and more than one K slice, the result is built in a scratch
  * matrix and added to C at the end (C itself holds the partial sums otherwise).
  */
@@ -41,9 +37,6 @@
 #define HQ_GEMM_MC_AVX2 144
 #endif
 #define MR_MAX 24
-/* bytes of op(B) packed at once per call; hq_gemm_set_b_budget changes it for tests */
-static size_t b_budget = (size_t)64 << 20;
-#define B_BUDGET b_budget
 #define ALIGN 64
 
 enum { LAYOUT_F32 = 0, LAYOUT_BF16 = 1 };
@@ -61,22 +54,23 @@ typedef struct {
     const char *name;
     int mr;        /* rows of the micro-kernel tile */
     int mc;        /* rows of a packed A block (multiple of mr): fits in L2 with KC */
+    int nc;        /* columns of a packed B block (multiple of NR): fits in L3 */
     int layout;    /* LAYOUT_F32 panels or LAYOUT_BF16 pair panels */
     hq_gemm_ukernel fn;
 } kernel_info;
 
 static const kernel_info kernels[KID_COUNT] = {
-    {"scalar", 4, 128, LAYOUT_F32, ukernel_scalar_4x16},
+    {"scalar", 4, 128, 4096, LAYOUT_F32, ukernel_scalar_4x16},
 #if defined(__x86_64__)
-    {"avx2", 6, HQ_GEMM_MC_AVX2, LAYOUT_F32, hq_gemm_ukernel_avx2_6x16},
-    {"avx512f", 24, 192, LAYOUT_F32, hq_gemm_ukernel_avx512_24x16},
-    {"avx512bf16", 24, 192, LAYOUT_BF16, hq_gemm_ukernel_avx512bf16_24x16},
+    {"avx2", 6, HQ_GEMM_MC_AVX2, 4096, LAYOUT_F32, hq_gemm_ukernel_avx2_6x16},
+    {"avx512f", 24, 192, 4096, LAYOUT_F32, hq_gemm_ukernel_avx512_24x16},
+    {"avx512bf16", 24, 192, 4096, LAYOUT_BF16, hq_gemm_ukernel_avx512bf16_24x16},
 #else
-    {"avx2", 6, 144, LAYOUT_F32, NULL},
-    {"avx512f", 24, 192, LAYOUT_F32, NULL},
-    {"avx512bf16", 24, 192, LAYOUT_BF16, NULL},
+    {"avx2", 6, 144, 4096, LAYOUT_F32, NULL},
+    {"avx512f", 24, 192, 4096, LAYOUT_F32, NULL},
+    {"avx512bf16", 24, 192, 4096, LAYOUT_BF16, NULL},
 #endif
-    {"bf16emu", 24, 192, LAYOUT_BF16, ukernel_bf16emu_24x16},
+    {"bf16emu", 24, 192, 4096, LAYOUT_BF16, ukernel_bf16emu_24x16},
 };
 
 static int forced_kernel = -1;
@@ -112,8 +106,6 @@ static int kernel_by_name(const char *name) {
         if (strcmp(kernels[k].name, name) == 0) return k;
     return -1;
 }
-
-void hq_gemm_set_b_budget(size_t bytes) { b_budget = bytes ? bytes : (size_t)64 << 20; }
 
 const char *hq_gemm_kernel_name(void) { return kernels[select_kernel()].name; }
 
@@ -423,16 +415,14 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
     if (packed && (packed->layout != ki->layout || packed->K != K || packed->N != N))
         return HQ_GEMM_ELAYOUT;
     const int64_t kcb = packed ? packed->kc : KC;
-    const int64_t nslice = (K + kcb - 1) / kcb;
-    const int mr = ki->mr, MC = ki->mc;
+    const int mr = ki->mr, MC = ki->mc, NC = ki->nc;
     const size_t esize = layout_esize(ki->layout);
-    const int64_t npan_all = (N + NR - 1) / NR;
 
     /* With accumulate and several K slices C holds partial sums, so build y aside. */
     float *scratch = NULL, *cc = c;
     int64_t ldcc = ldc;
     int ep_accumulate = accumulate;
-    if (accumulate && nslice > 1) {
+    if (accumulate && K > kcb) {
         scratch = (float *)malloc((size_t)M * N * sizeof(float));
         if (scratch == NULL) return HQ_GEMM_ENOMEM;
         cc = scratch;
@@ -440,32 +430,20 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
         ep_accumulate = 0;
     }
 
-    /* Column blocks: all of op(B) (every K slice) is packed up front, so the threads
-     * then work without meeting again; only a B wider than B_BUDGET bytes is split. */
-    int64_t ncb = N;
-    if (!packed && (size_t)even_up(K) * npan_all * NR * esize > B_BUDGET) {
-        ncb = (int64_t)(B_BUDGET / ((size_t)even_up(K) * NR * esize)) * NR;
-        if (ncb < 4 * NR) ncb = 4 * NR;
-    }
-    const int64_t npan_blk = (ncb + NR - 1) / NR;
-
     /* Threads: one for small products (waking a second thread costs more than it
-     * saves, and much more on a loaded machine); never more than the work items. */
-    const int64_t n_ic = (M + MC - 1) / MC;
+     * saves, and much more on a loaded machine); never more than the work items of a
+     * block (each thread owns an MC x KC scratch panel). */
     const double flops = 2.0 * M * N * K;
     int nt = flops < 3.2e7 ? 1 : hq_get_num_threads();
-    if (nt > n_ic * npan_blk) nt = (int)(n_ic * npan_blk);
+    const int64_t max_items = ((M + MC - 1) / MC) * (((N < NC ? N : NC) + NR - 1) / NR);
+    if (nt > max_items) nt = (int)max_items;
     if (nt < 1) nt = 1;
-    /* Work items: (row block, column chunk) pairs, enough to balance the threads. */
-    int64_t n_jch = (4 * (int64_t)nt + n_ic - 1) / n_ic;
-    if (n_jch > npan_blk) n_jch = npan_blk;
-    const int64_t pan_per_ch = (npan_blk + n_jch - 1) / n_jch;
-
     /* scratch sized by what this product touches (small products stay cheap) */
     const int64_t kc_max = even_up(K < kcb ? K : kcb);
     const int64_t mc_max = M < MC ? (M + mr - 1) / mr * mr : MC;
+    const int64_t nc_max = N < NC ? (N + NR - 1) / NR * NR : NC;
     const size_t a_bytes = ((size_t)mc_max * kc_max * esize + ALIGN - 1) / ALIGN * ALIGN;
-    const size_t b_bytes = (size_t)even_up(K) * npan_blk * NR * esize;
+    const size_t b_bytes = (size_t)nc_max * kc_max * esize;
     char *a_bufs = (char *)aligned_buffer(a_bytes * nt);
     char *b_buf = packed ? NULL : (char *)aligned_buffer(b_bytes);
     if (a_bufs == NULL || (!packed && b_buf == NULL)) {
@@ -474,11 +452,8 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
         free(scratch);
         return HQ_GEMM_ENOMEM;
     }
-    /* Packed op(B), slice s, panel jp (of the block) lies at
-     * b_base + (s*kcb*pan_stride + (pan0 + jp)*kcp(s)) * NR * esize: the layout of
-     * hq_pack_b, so a PackedWeight and the per-call pack are read alike. */
-    const char *b_base = packed ? (const char *)packed->data : b_buf;
-    const int64_t pan_stride = packed ? npan_all : npan_blk;
+
+    const int64_t n_ic = (M + MC - 1) / MC;
 
 #pragma omp parallel num_threads(nt)
     {
@@ -487,42 +462,52 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
 #else
         char *a_buf = a_bufs;
 #endif
-        for (int64_t jc = 0; jc < N; jc += ncb) {
-            const int64_t nc = N - jc < ncb ? N - jc : ncb;
+        for (int64_t jc = 0; jc < N; jc += NC) {
+            const int64_t nc = N - jc < NC ? N - jc : NC;
             const int64_t npan = (nc + NR - 1) / NR;
-            const int64_t pan0 = packed ? jc / NR : 0;
-            if (!packed) {
+            /* column chunks per row block: enough items to balance the threads */
+            int64_t n_jch = (4 * (int64_t)nt + n_ic - 1) / n_ic;
+            if (n_jch > npan) n_jch = npan;
+            if (n_jch < 1) n_jch = 1;
+            const int64_t pan_per_ch = (npan + n_jch - 1) / n_jch;
+            n_jch = (npan + pan_per_ch - 1) / pan_per_ch;
+
+            for (int64_t pc = 0; pc < K; pc += kcb) {
+                const int64_t kc = K - pc < kcb ? K - pc : kcb;
+                const int64_t kcp = even_up(kc);
+                const int first = pc == 0, last = pc + kc >= K;
+                const char *b_block;
+                if (packed) {
+                    b_block = (const char *)packed->data + packed_offset(packed, pc / kcb, jc / NR);
+                } else {
 #pragma omp for schedule(static)
-                for (int64_t it = 0; it < nslice * npan; it++) {
-                    const int64_t sl = it / npan, jp = it % npan;
-                    const int64_t k0 = sl * kcb, kc = K - k0 < kcb ? K - k0 : kcb;
-                    const int cols = nc - jp * NR < NR ? (int)(nc - jp * NR) : NR;
-                    pack_b_panel(b, k0, kc, jc + jp * NR, cols, ki->layout,
-                                 b_buf + (size_t)(sl * kcb * pan_stride + jp * even_up(kc)) * NR * esize);
-                }
-            }
-            const int64_t n_items = n_ic * ((npan + pan_per_ch - 1) / pan_per_ch);
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t item = 0; item < n_items; item++) {
-                const int64_t ic = item % n_ic, jch = item / n_ic;
-                const int64_t i0 = ic * MC, mc = M - i0 < MC ? M - i0 : MC;
-                const int64_t jp0 = jch * pan_per_ch;
-                const int64_t jp1 = jp0 + pan_per_ch < npan ? jp0 + pan_per_ch : npan;
-                /* the K slices of one item in order: each continues the partial sums */
-                for (int64_t sl = 0; sl < nslice; sl++) {
-                    const int64_t pc = sl * kcb, kc = K - pc < kcb ? K - pc : kcb;
-                    const int64_t kcp = even_up(kc);
-                    const int first = sl == 0, last = sl == nslice - 1;
-                    for (int64_t ir = 0; ir < mc; ir += mr) {
-                        const int rows = mc - ir < mr ? (int)(mc - ir) : mr;
-                        pack_a_panel(a, i0 + ir, rows, mr, pc, kc, ki->layout,
-                                     a_buf + (size_t)ir * kcp * esize);
+                    for (int64_t jp = 0; jp < npan; jp++) {
+                        int cols = nc - jp * NR < NR ? (int)(nc - jp * NR) : NR;
+                        pack_b_panel(b, pc, kc, jc + jp * NR, cols, ki->layout,
+                                     b_buf + (size_t)jp * kcp * NR * esize);
                     }
+                    b_block = b_buf;
+                }
+                int64_t packed_ic = -1;
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t item = 0; item < n_ic * n_jch; item++) {
+                    const int64_t ic = item / n_jch, jch = item % n_jch;
+                    const int64_t i0 = ic * MC;
+                    const int64_t mc = M - i0 < MC ? M - i0 : MC;
+                    if (packed_ic != ic) {
+                        for (int64_t ir = 0; ir < mc; ir += mr) {
+                            int rows = mc - ir < mr ? (int)(mc - ir) : mr;
+                            pack_a_panel(a, i0 + ir, rows, mr, pc, kc, ki->layout,
+                                         a_buf + (size_t)ir * kcp * esize);
+                        }
+                        packed_ic = ic;
+                    }
+                    const int64_t jp0 = jch * pan_per_ch;
+                    const int64_t jp1 = jp0 + pan_per_ch < npan ? jp0 + pan_per_ch : npan;
                     for (int64_t jp = jp0; jp < jp1; jp++) {
                         const int64_t j = jc + jp * NR;
                         const int cols = N - j < NR ? (int)(N - j) : NR;
-                        const char *bp = b_base +
-                            (size_t)(sl * kcb * pan_stride + (pan0 + jp) * kcp) * NR * esize;
+                        const char *bp = b_block + (size_t)jp * kcp * NR * esize;
                         hq_gemm_epilogue ep = {scale, bias ? bias + j : NULL, ep_accumulate};
                         for (int64_t ir = 0; ir < mc; ir += mr) {
                             const int rows = mc - ir < mr ? (int)(mc - ir) : mr;

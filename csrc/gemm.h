@@ -88,9 +88,6 @@ int hq_packed_b_usable(const hq_packed_b *p);
 const char *hq_gemm_kernel_name(void);
 int hq_gemm_force_kernel(const char *name);
 int hq_gemm_kernel_supported(const char *name);
-/* Bytes of op(B) one call packs at once (default 64 MiB, 0 restores it); wider operands
- * are processed in column blocks. Exposed so tests can exercise the split. */
-void hq_gemm_set_b_budget(size_t bytes);
 
 /* ---- Internal: the per-ISA micro-kernels (gemm_avx2.c, gemm_avx512.c) ---- */
 
