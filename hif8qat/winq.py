@@ -34,7 +34,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 
 import numpy as np
 
@@ -135,3 +137,175 @@ def weight_noise(model, std: float, rng: np.random.Generator):
     finally:
         for w, clean in saved:
             w[...] = clean
+
+
+
+# ------------------------------------------------------------------------------ ablation
+def ablation_path() -> str:
+    """The shipped ablation config (``hif8qat/winq_ablation.toml``)."""
+    return os.path.join(os.path.dirname(__file__), "winq_ablation.toml")
+
+
+def _read_json(path):
+    with open(path, "r", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _write_json(path, obj):
+    from hif8qat.train.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def _load_spec(path):
+    try:
+        import tomllib as toml
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as toml
+    with open(path, "rb") as fh:
+        spec = toml.load(fh)
+    known = {"world_seed", "world_size", "pretrain_recipe", "pretrain_steps", "tasks",
+             "baseline", "base", "variants"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    if not spec.get("variants"):
+        raise ValueError(f"{path}: no [variants.NAME] tables")
+    if spec.get("baseline") not in spec["variants"]:
+        raise ValueError(f"{path}: baseline {spec.get('baseline')!r} is not a variant")
+    return spec
+
+
+def run_ablation(path=None, out_dir: str = "runs/winq_ablation", variants=None,
+                 evaluate: bool = True) -> dict:
+    """Run the WinQ ablation described by a TOML file (default: the shipped one).
+
+    Pretrains the base model once (``out_dir/pretrain``), fine-tunes it once per
+    ``[variants.NAME]`` table (``out_dir/NAME``; a variant with a ``result.json`` is
+    not run again, so several processes can share the work with ``variants=[...]``),
+    scores the benchmarks, and writes ``out_dir/results.json``: per variant the final
+    loss (mean of the last 20 steps), the loss APE against the baseline over the QAT
+    phase, accuracies with paired-bootstrap intervals against the baseline, and the
+    Hessian spectrum summaries. Returns that dict.
+
+    Example::
+
+        res = hq.winq.run_ablation(out_dir="runs/winq")    # doctest: +SKIP
+    """
+    spec = _load_spec(path or ablation_path())
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    names = list(spec["variants"])
+    todo = names if variants is None else list(variants)
+    bad = [v for v in todo if v not in names]
+    if bad:
+        raise ValueError(f"unknown variants {bad}; the config has {names}")
+    base_model, data = _ablation_pretrain(spec, out_dir)
+    for name in todo:
+        if not os.path.exists(os.path.join(out_dir, name, "result.json")):
+            _ablation_variant(spec, name, base_model, data, out_dir, evaluate)
+    results = {n: _read_json(os.path.join(out_dir, n, "result.json")) for n in names
+               if os.path.exists(os.path.join(out_dir, n, "result.json"))}
+    summary = _ablation_summary(spec, results)
+    _write_json(os.path.join(out_dir, "results.json"), summary)
+    return summary
+
+
+def _ablation_pretrain(spec, out_dir):
+    """Train (once) the base model with the world's recipe; its model dir and data."""
+    from hif8qat import world
+    from hif8qat.train.trainer import train
+    run_dir = os.path.join(out_dir, "pretrain")
+    overrides = {"run_dir": run_dir, "progress": False}
+    if "pretrain_steps" in spec:
+        overrides["steps"] = int(spec["pretrain_steps"])
+    cfg = world.pretrain_config(spec.get("world_seed", 0), spec.get("world_size", "tiny"),
+                                recipe=spec.get("pretrain_recipe", "pretrain_tiny"),
+                                overrides=overrides)
+    summary = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(summary):
+        train(cfg, resume=True)
+    return _read_json(summary)["model_dir"], cfg.data
+
+
+def _ablation_variant(spec, name, base_model, data, out_dir, evaluate):
+    import time
+    from hif8qat.train.config import TrainConfig
+    from hif8qat.train.trainer import Trainer, read_log
+    d = json.loads(json.dumps(spec.get("base", {})))
+    for key, value in spec["variants"][name].items():
+        if isinstance(value, dict):
+            d.setdefault(key, {}).update(value)
+        else:
+            d[key] = value
+    run_dir = os.path.join(out_dir, name)
+    d.update(model_dir=base_model, data=data, run_dir=run_dir)
+    cfg = TrainConfig.from_dict(d, source=f"[variants.{name}]")
+    if os.path.exists(os.path.join(run_dir, "checkpoints")):
+        trainer = Trainer.resume(run_dir, cfg)
+    else:
+        trainer = Trainer(cfg)
+    trainer.run()
+    log = read_log(run_dir)
+    losses = [r["loss"] for r in log]
+    result = {"config": cfg.to_dict(), "losses": losses,
+              "phases": [r["phase"] for r in log],
+              "final_loss": float(np.mean(losses[-20:])),
+              "wall_time_s": trainer.elapsed_s,
+              "hessian": [r["hessian"] | {"step": r["step"]} for r in log if "hessian" in r],
+              "resets": [r["step"] for r in log if "winq_reset" in r]}
+    if evaluate and spec.get("tasks"):
+        from hif8qat.eval import ByteTokenizer, evaluate as run_eval
+        t0 = time.perf_counter()
+        res = run_eval(trainer.model, ByteTokenizer(), list(spec["tasks"]))
+        result["eval"] = {task: {k: res[task][k] for k in ("acc", "acc_norm", "n")}
+                          for task in res}
+        result["eval_items"] = {task: [int(r.correct) for r in res.items[task]]
+                                for task in res}
+        result["eval_precision"] = trainer.model.precision
+        result["eval_time_s"] = time.perf_counter() - t0
+    _write_json(os.path.join(run_dir, "result.json"), result)
+    return result
+
+
+def _ablation_summary(spec, results):
+    from hif8qat.eval import paired_bootstrap
+    base = results.get(spec["baseline"])
+    out = {"baseline": spec["baseline"], "variants": {}}
+    for name, r in results.items():
+        row = {"final_loss": r["final_loss"], "hessian": r["hessian"],
+               "resets": len(r["resets"]), "wall_time_s": r["wall_time_s"],
+               "eval": r.get("eval")}
+        if base is not None and name != spec["baseline"]:
+            qat = [i for i, p in enumerate(r["phases"]) if p == "qat"]
+            lb, lq = np.asarray(base["losses"]), np.asarray(r["losses"])
+            if qat and len(lb) == len(lq):
+                row["loss_ape_qat_pct"] = float(100 * np.mean(np.abs(lq[qat] - lb[qat])
+                                                               / lb[qat]))
+                row["loss_ape_all_pct"] = float(100 * np.mean(np.abs(lq - lb) / lb))
+            if r.get("eval_items") and base.get("eval_items"):
+                row["acc_diff_vs_baseline"] = {
+                    task: paired_bootstrap(r["eval_items"][task], base["eval_items"][task])
+                    for task in r["eval_items"] if task in base["eval_items"]}
+        out["variants"][name] = row
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m hif8qat.winq [CONFIG.toml] [OUT_DIR] [--only a,b] [--no-eval]``"""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m hif8qat.winq",
+                                 description="Run the WinQ ablation (plain QAT vs WinQ).")
+    ap.add_argument("config", nargs="?", default=None)
+    ap.add_argument("out_dir", nargs="?", default="runs/winq_ablation")
+    ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--no-eval", action="store_true")
+    a = ap.parse_args(argv)
+    res = run_ablation(a.config, a.out_dir, a.only.split(",") if a.only else None,
+                       evaluate=not a.no_eval)
+    print(json.dumps({n: {k: v for k, v in r.items() if k != "hessian"}
+                      for n, r in res["variants"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -101,9 +101,10 @@ def test_density_integrates_to_one_with_mass_at_the_known_clusters():
     assert mass(3.6, 10.5) == pytest.approx(0.2, abs=0.06)
     assert mass(1.5, 3.5) < 0.01 and mass(6.5, 9.5) < 0.01          # the gaps are empty
     assert spec.near_zero_fraction == pytest.approx(0.3, abs=0.06)
-    # signs inside a cluster narrower than the quadrature's resolution are not
-    # resolved: the estimate lies between the mass below -delta and below +delta
-    assert 0.2 - 0.06 <= spec.negative_fraction <= 0.5 + 0.06
+    assert spec.negative_fraction == pytest.approx(0.2, abs=0.06)      # below -delta
+    assert spec.positive_fraction == pytest.approx(0.5, abs=0.06)
+    total = spec.negative_fraction + spec.near_zero_fraction + spec.positive_fraction
+    assert total == pytest.approx(1.0, abs=1e-12)
     assert spec.estimated_negative == pytest.approx(spec.negative_fraction * 200)
     assert spec.n_negative_ritz >= 2
     assert spec.hvp_calls == 12 * 30
