@@ -254,7 +254,8 @@ def load_hif8(path, precision="hif8"):
     try:
         states = json.loads(metadata["hif8qat.scalers"])
     except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{st_path}: missing or corrupt 'hif8qat.scalers' metadata ({e})") from None
+        raise ValueError(f"{st_path}: missing or corrupt 'hif8qat.scalers' metadata "
+                         f"({e})") from None
     tensors = read_safetensors(st_path)
     model = LlamaModel(cfg, precision="fp32")
     modules = _quantized_modules(model)

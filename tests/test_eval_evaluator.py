@@ -9,7 +9,7 @@ import pytest
 
 import hif8qat as hq
 from hif8qat.eval import ByteTokenizer, evaluate, paired_bootstrap, acc_stderr
-from hif8qat.eval.evaluator import encode_pair, encode_request, evaluation_mode, loglikelihood_tokens
+from hif8qat.eval.evaluator import encode_pair, encode_request, loglikelihood_tokens
 from hif8qat.eval.tasks import load_task
 
 
@@ -367,7 +367,7 @@ def test_load_tokenizer_byte_level_reads_specials_from_config(tmp_path):
 
 
 def hf_tokenizer_dir(tmp_path, config):
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

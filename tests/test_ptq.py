@@ -1,6 +1,5 @@
 """Post-training HiF8: calibration fills the scalers, export round-trips bit for bit."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -33,7 +33,7 @@ import numpy as np
 from .evaluator import encode_request, evaluation_mode, loglikelihood_tokens, model_max_length
 from .tokenizers import load_tokenizer, tok_encode
 
-__all__ = ["HiF8QatLM", "register", "rolling_windows"]
+__all__ = ["register", "rolling_windows"]  # and HiF8QatLM, built on first access
 
 _CLASS = None
 

@@ -299,7 +299,8 @@ def arc_item(rec, source):
         texts, labels = list(texts), [str(x) for x in labels]
     else:
         raise ValueError(f"{source}: 'question' must be a string (flat layout) or an object "
-                         f"with 'stem' and 'choices' (nested layout), got {type(question).__name__}")
+                         f"with 'stem' and 'choices' (nested layout), got "
+                         f"{type(question).__name__}")
     if len(texts) < 2:
         raise ValueError(f"{source}: ARC item needs at least 2 choices, got {len(texts)}")
     key = rec.get("answerKey")
@@ -420,12 +421,12 @@ def load_mmlu(path, continuation=False, name=None):
         m = re.match(r"(.+)_(dev|val|test)\.csv$", base)
         if not m:
             raise ValueError(f"{path}: an MMLU CSV file must be named {{subject}}_{{split}}.csv")
-        subject, split = m.group(1), m.group(2)
+        subject = m.group(1)  # the file itself is scored, whichever split it is
         root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         test = {subject: _read_mmlu_csv(path)}
         dev_file = os.path.join(root, "dev", f"{subject}_dev.csv")
         dev = {subject: _read_mmlu_csv(dev_file)} if os.path.exists(dev_file) else {}
-    elif os.path.isdir(os.path.join(path, "test")) and glob.glob(os.path.join(path, "test", "*_test.csv")):
+    elif glob.glob(os.path.join(path, "test", "*_test.csv")):
         test, dev = _mmlu_csv_split(path, "test"), _mmlu_csv_split(path, "dev")
     elif os.path.isdir(path):
         test, dev = _mmlu_hf_split(path, "test"), _mmlu_hf_split(path, "dev")

@@ -197,7 +197,8 @@ class SentencePieceTokenizer:
                 piece_id = self._sp.piece_to_id(content)
                 if self._sp.id_to_piece(piece_id) == content:  # unknown pieces map to <unk>
                     setattr(self, attr, piece_id)
-        self.add_bos_token = bool(config.get("add_bos_token", True)) and self.bos_token_id is not None
+        self.add_bos_token = (bool(config.get("add_bos_token", True))
+                              and self.bos_token_id is not None)
         self.vocab_size = self._sp.get_piece_size()
 
     def encode(self, text):
