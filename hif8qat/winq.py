@@ -163,7 +163,7 @@ def _load_spec(path):
         import tomli as toml
     with open(path, "rb") as fh:
         spec = toml.load(fh)
-    known = {"world_seed", "world_size", "pretrain_recipe", "pretrain_steps", "tasks",
+    known = {"world_seed", "world_size", "pretrain_recipe", "pretrain", "tasks",
              "baseline", "base", "variants"}
     unknown = set(spec) - known
     if unknown:
@@ -215,9 +215,7 @@ def _ablation_pretrain(spec, out_dir):
     from hif8qat import world
     from hif8qat.train.trainer import train
     run_dir = os.path.join(out_dir, "pretrain")
-    overrides = {"run_dir": run_dir, "progress": False}
-    if "pretrain_steps" in spec:
-        overrides["steps"] = int(spec["pretrain_steps"])
+    overrides = dict(spec.get("pretrain", {}), run_dir=run_dir, progress=False)
     cfg = world.pretrain_config(spec.get("world_seed", 0), spec.get("world_size", "tiny"),
                                 recipe=spec.get("pretrain_recipe", "pretrain_tiny"),
                                 overrides=overrides)
@@ -227,27 +225,35 @@ def _ablation_pretrain(spec, out_dir):
     return _read_json(summary)["model_dir"], cfg.data
 
 
-def _ablation_variant(spec, name, base_model, data, out_dir, evaluate):
-    import time
+def variant_config(spec, name, model_dir, data, run_dir):
+    """The TrainConfig of one variant: [base] updated by [variants.NAME]."""
     from hif8qat.train.config import TrainConfig
-    from hif8qat.train.trainer import Trainer, read_log
     d = json.loads(json.dumps(spec.get("base", {})))
     for key, value in spec["variants"][name].items():
         if isinstance(value, dict):
             d.setdefault(key, {}).update(value)
         else:
             d[key] = value
+    d.update(model_dir=model_dir, data=data, run_dir=run_dir)
+    return TrainConfig.from_dict(d, source=f"[variants.{name}]")
+
+
+def _ablation_variant(spec, name, base_model, data, out_dir, evaluate):
+    import time
+    from hif8qat.train.trainer import Trainer, read_log
     run_dir = os.path.join(out_dir, name)
-    d.update(model_dir=base_model, data=data, run_dir=run_dir)
-    cfg = TrainConfig.from_dict(d, source=f"[variants.{name}]")
+    cfg = variant_config(spec, name, base_model, data, run_dir)
+    hooks = {"clean_loss": _clean_loss}
     if os.path.exists(os.path.join(run_dir, "checkpoints")):
-        trainer = Trainer.resume(run_dir, cfg)
+        trainer = Trainer.resume(run_dir, cfg, eval_hooks=hooks)
     else:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, hooks)
     trainer.run()
     log = read_log(run_dir)
     losses = [r["loss"] for r in log]
-    result = {"config": cfg.to_dict(), "losses": losses,
+    clean = [(r["step"], r["eval"]["clean_loss"]) for r in log if "eval" in r]
+    result = {"config": cfg.to_dict(), "losses": losses, "clean_losses": clean,
+              "final_clean_loss": clean[-1][1] if clean else None,
               "phases": [r["phase"] for r in log],
               "final_loss": float(np.mean(losses[-20:])),
               "wall_time_s": trainer.elapsed_s,
@@ -267,17 +273,42 @@ def _ablation_variant(spec, name, base_model, data, out_dir, evaluate):
     return result
 
 
+CLEAN_LOSS_BATCHES = 8
+
+
+def _clean_loss(trainer) -> float:
+    """Eval hook: the loss at the clean weights (no WinQ noise) on the run's first
+    CLEAN_LOSS_BATCHES batches, in the current precision with frozen scalers — the
+    logged training loss of a noise variant is measured at w + eps, so it is not
+    comparable with the other runs'."""
+    total = weight = 0.0
+    for i in range(CLEAN_LOSS_BATCHES):
+        x, y = trainer.data.batch(i)
+        n = int((y != -100).sum())
+        _, loss = trainer.model.forward(x, y)
+        total += n * float(loss)
+        weight += n
+    return total / weight
+
+
 def _ablation_summary(spec, results):
     from hif8qat.eval import paired_bootstrap
     base = results.get(spec["baseline"])
     out = {"baseline": spec["baseline"], "variants": {}}
     for name, r in results.items():
-        row = {"final_loss": r["final_loss"], "hessian": r["hessian"],
+        row = {"final_loss": r["final_loss"], "final_clean_loss": r.get("final_clean_loss"),
+               "hessian": r["hessian"],
                "resets": len(r["resets"]), "wall_time_s": r["wall_time_s"],
                "eval": r.get("eval")}
         if base is not None and name != spec["baseline"]:
             qat = [i for i, p in enumerate(r["phases"]) if p == "qat"]
             lb, lq = np.asarray(base["losses"]), np.asarray(r["losses"])
+            cb = dict(base.get("clean_losses", []))
+            cq = dict(r.get("clean_losses", []))
+            steps = [s for s in cq if s in cb and r["phases"][s - 1] == "qat"]
+            if steps:
+                row["clean_loss_ape_qat_pct"] = float(100 * np.mean(
+                    [abs(cq[s] - cb[s]) / cb[s] for s in steps]))
             if qat and len(lb) == len(lq):
                 row["loss_ape_qat_pct"] = float(100 * np.mean(np.abs(lq[qat] - lb[qat])
                                                                / lb[qat]))

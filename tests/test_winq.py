@@ -231,3 +231,17 @@ def test_hessian_probes_do_not_change_training(tmp_path):
                                                       (6, "qat")]
     assert all(len(h["top"]) == 2 and h["precision"] == "hif8" for h in lines)
     assert all(h["rel_step"] == 0.1 for h in lines)
+
+
+def test_the_shipped_ablation_config_builds_a_valid_run_per_variant(tmp_path):
+    from hif8qat import winq
+    spec = winq._load_spec(winq.ablation_path())
+    assert spec["baseline"] in spec["variants"] and "qat" in spec["variants"]
+    (tmp_path / "d.txt").write_text(CORPUS)
+    cfgs = {n: winq.variant_config(spec, n, str(tmp_path), str(tmp_path / "d.txt"),
+                                   str(tmp_path / n)) for n in spec["variants"]}
+    assert cfgs["bf16"].precision == "bf16" and cfgs["qat"].winq_reset_every == 0
+    assert cfgs["winq"].winq_reset_every > 0 and cfgs["winq"].winq_noise_std > 0
+    # equal training cost: every variant runs the same steps, batches and schedule
+    keys = ("steps", "batch_size", "seq_len", "lr", "lr_schedule", "seed")
+    assert len({tuple(getattr(c, k) for k in keys) for c in cfgs.values()}) == 1
