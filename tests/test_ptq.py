@@ -77,6 +77,9 @@ def test_export_then_load_gives_bit_identical_logits_and_scores(tmp_path):
     assert [s.n_valid for s in again.scalers][:2] == [1, 4]
     got, _ = again.forward(tokens)
     assert np.array_equal(got, expected)
+    # hq.load_model recognises the export and hands it to load_hif8
+    via_load_model = hq.load_model(out, precision="hif8")
+    assert np.array_equal(via_load_model.forward(tokens)[0], expected)
     # the hq.evaluate scores agree too (the same logits, the same requests)
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps({"id": str(i), "question": f"q{i}?", "answerKey": "A",

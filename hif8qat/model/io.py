@@ -35,6 +35,9 @@ def load_model(path, precision: str = "fp32", dtype=np.float32) -> LlamaModel:
       path: a directory with ``config.json`` and ``model.safetensors`` or a sharded
         ``model.safetensors.index.json``.
       precision: "fp32" | "bf16" | "hif8" for the linear layers.
+        A directory written by ``hq.export_hif8`` (uint8 codes with their scales) loads
+        with its scalers restored and frozen, so its hif8 logits equal the exporting
+        model's bit for bit.
       dtype: the parameter buffer's dtype (float32; float64 for gradient checks).
 
     Example::
@@ -48,6 +51,11 @@ def load_model(path, precision: str = "fp32", dtype=np.float32) -> LlamaModel:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json")
+    from ..ptq import is_hif8_checkpoint, load_hif8
+    if is_hif8_checkpoint(path):  # an hq.export_hif8 directory: uint8 codes + scales
+        if dtype != np.float32:
+            raise ValueError(f"{path}: a HiF8 export loads as float32, not {np.dtype(dtype)}")
+        return load_hif8(path, precision=precision)
     cfg = LlamaConfig.from_json_file(cfg_path)
     tensors, _ = read_checkpoint_dir(path)
     model = LlamaModel(cfg, dtype=dtype, precision=precision)
