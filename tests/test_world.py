@@ -417,3 +417,26 @@ def test_main_world_writes_a_world_and_rejects_bad_arguments(tmp_path, capsys):
     assert main_world(["--out", str(tmp_path / "f"), "--size", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "error" in err
+
+
+# ---------------------------------------------------------------------------------
+# the world is learnable: a quick pretraining beats chance on world_knowledge
+# ---------------------------------------------------------------------------------
+def test_quick_pretraining_of_a_tiny_model_beats_chance_on_world_knowledge(tmp_path,
+                                                                           monkeypatch):
+    train = pytest.importorskip("hif8qat.train")
+    ev = pytest.importorskip("hif8qat.eval")
+    if not (hasattr(train, "Trainer") and hasattr(ev, "evaluate")):
+        pytest.skip("the trainer / evaluator API is not there yet")
+    import hif8qat.world as world
+    monkeypatch.setenv("HIF8QAT_CACHE", str(tmp_path / "cache"))
+    cfg = world.pretrain_config(0, "tiny", recipe="pretrain_tiny",
+                                overrides={"run_dir": str(tmp_path / "run"), "progress": False})
+    trainer = train.Trainer(cfg)
+    trainer.run()
+    res = ev.evaluate(trainer.model, ev.ByteTokenizer(), ["world_knowledge_tiny"])
+    metrics = res["world_knowledge_tiny"]
+    n, acc = metrics["n"], metrics["acc"]
+    assert n == sum(SIZES["tiny"].knowledge_test)
+    # chance is 1/4; demand more than chance + 3 binomial standard deviations
+    assert acc > 0.25 + 3 * (0.25 * 0.75 / n) ** 0.5, metrics
