@@ -1,13 +1,20 @@
 /* Quantized GEMM: the reference kernel, packing, cache blocking, OpenMP and kernel
  * dispatch. The arithmetic contract (formats, summation order, epilogue) is in gemm.h.
  *
- * Blocking (GotoBLAS/BLIS style): for each NC-wide column block of C and each KC-deep
- * slice of K, op(B) is packed once into NR=16-column panels (shared by all threads),
- * then the threads take (MC-row block, column chunk) items; each packs its MC x KC block
- * of op(A) into MR-row panels and runs the MR x 16 micro-kernel over the chunk. Packing
- * decodes HiF8 codes through the 256-entry table (or rounds float32 to bf16), so every
- * operand element is converted once per panel, and lays each k pair out odd-first so the
- * micro-kernels are plain sequential loops in the order of gemm.h.
+ * Blocking (GotoBLAS/BLIS style): each thread owns one band of C (rows, or columns when
+ * N > M) and, for each NC-wide column block and KC-deep slice of K, packs its own op(B)
+ * block into NR=16-column panels (a pre-packed operand from hq_pack_b skips this), then
+ * per MC-row block packs op(A) into MR-row panels (kept in L2) and runs the MR x 16
+ * micro-kernel down each B panel (kept in L1). Packing decodes HiF8 codes through the
+ * 256-entry table (or rounds float32 to bf16), so every operand element is converted
+ * once per panel, and lays each k pair out odd-first so the micro-kernels are plain
+ * sequential loops in the order of gemm.h.
+ *
+ * Threads never wait for each other until the end. A shared B block with dynamically
+ * scheduled row blocks (the first version) needed two barriers per K slice; on this
+ * project's shared 2-core machines every barrier waits for the other thread's next time
+ * slice, and the private bands measured 1.3-1.5x faster there at the cost of packing the
+ * shorter operand once per thread.
  *
  * Determinism: a K slice continues from the partial sums the previous slice stored in C
  * (float32 stores and loads are exact), so the sum over K of every output element is one
@@ -74,6 +81,12 @@ static const kernel_info kernels[KID_COUNT] = {
 };
 
 static int forced_kernel = -1;
+#define PARALLEL_MIN_FLOPS 3.2e7
+static double parallel_min_flops = PARALLEL_MIN_FLOPS;
+
+void hq_gemm_set_parallel_min_flops(double flops) {
+    parallel_min_flops = flops >= 0 ? flops : PARALLEL_MIN_FLOPS;
+}
 
 static int kernel_supported(int kid) {
     if (kernels[kid].fn == NULL) return 0;
@@ -431,12 +444,14 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
     }
 
     /* Threads: one for small products (waking a second thread costs more than it
-     * saves, and much more on a loaded machine); never more than the work items of a
-     * block (each thread owns an MC x KC scratch panel). */
+     * saves, and much more on a loaded machine). Each thread takes a band of C and packs
+     * what it reads itself: a band of rows re-packs all of op(B) per thread, a band of
+     * columns all of op(A), so split the longer side, and into no more bands than tiles. */
     const double flops = 2.0 * M * N * K;
-    int nt = flops < 3.2e7 ? 1 : hq_get_num_threads();
-    const int64_t max_items = ((M + MC - 1) / MC) * (((N < NC ? N : NC) + NR - 1) / NR);
-    if (nt > max_items) nt = (int)max_items;
+    const int split_rows = M >= N;
+    const int64_t max_bands = split_rows ? (M + mr - 1) / mr : (N + NR - 1) / NR;
+    int nt = flops < parallel_min_flops ? 1 : hq_get_num_threads();
+    if (nt > max_bands) nt = (int)max_bands;
     if (nt < 1) nt = 1;
     /* scratch sized by what this product touches (small products stay cheap) */
     const int64_t kc_max = even_up(K < kcb ? K : kcb);
@@ -445,7 +460,7 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
     const size_t a_bytes = ((size_t)mc_max * kc_max * esize + ALIGN - 1) / ALIGN * ALIGN;
     const size_t b_bytes = (size_t)nc_max * kc_max * esize;
     char *a_bufs = (char *)aligned_buffer(a_bytes * nt);
-    char *b_buf = packed ? NULL : (char *)aligned_buffer(b_bytes);
+    char *b_buf = packed ? NULL : (char *)aligned_buffer(b_bytes * nt);
     if (a_bufs == NULL || (!packed && b_buf == NULL)) {
         free(a_bufs);
         free(b_buf);
@@ -453,25 +468,29 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
         return HQ_GEMM_ENOMEM;
     }
 
-    const int64_t n_ic = (M + MC - 1) / MC;
-
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
-        char *a_buf = a_bufs + a_bytes * omp_get_thread_num();
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
 #else
-        char *a_buf = a_bufs;
+        const int t = 0, T = 1;
 #endif
-        for (int64_t jc = 0; jc < N; jc += NC) {
-            const int64_t nc = N - jc < NC ? N - jc : NC;
+        char *a_buf = a_bufs + a_bytes * t;
+        char *my_b = packed ? NULL : b_buf + b_bytes * t;
+        /* this thread's rectangle of C: a band of rows, or of columns when M is short */
+        int64_t r0 = 0, r1 = M, c0 = 0, c1 = N;
+        if (split_rows) {
+            const int64_t per = ((M + T - 1) / T + mr - 1) / mr * mr;
+            r0 = t * per < M ? t * per : M;
+            r1 = r0 + per < M ? r0 + per : M;
+        } else {
+            const int64_t per = ((N + T - 1) / T + NR - 1) / NR * NR;
+            c0 = t * per < N ? t * per : N;
+            c1 = c0 + per < N ? c0 + per : N;
+        }
+        for (int64_t jc = c0; jc < c1 && r0 < r1; jc += NC) {
+            const int64_t nc = c1 - jc < NC ? c1 - jc : NC;
             const int64_t npan = (nc + NR - 1) / NR;
-            /* column chunks per row block: enough items to balance the threads */
-            int64_t n_jch = (4 * (int64_t)nt + n_ic - 1) / n_ic;
-            if (n_jch > npan) n_jch = npan;
-            if (n_jch < 1) n_jch = 1;
-            const int64_t pan_per_ch = (npan + n_jch - 1) / n_jch;
-            n_jch = (npan + pan_per_ch - 1) / pan_per_ch;
-
             for (int64_t pc = 0; pc < K; pc += kcb) {
                 const int64_t kc = K - pc < kcb ? K - pc : kcb;
                 const int64_t kcp = even_up(kc);
@@ -480,33 +499,23 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
                 if (packed) {
                     b_block = (const char *)packed->data + packed_offset(packed, pc / kcb, jc / NR);
                 } else {
-#pragma omp for schedule(static)
                     for (int64_t jp = 0; jp < npan; jp++) {
                         int cols = nc - jp * NR < NR ? (int)(nc - jp * NR) : NR;
                         pack_b_panel(b, pc, kc, jc + jp * NR, cols, ki->layout,
-                                     b_buf + (size_t)jp * kcp * NR * esize);
+                                     my_b + (size_t)jp * kcp * NR * esize);
                     }
-                    b_block = b_buf;
+                    b_block = my_b;
                 }
-                int64_t packed_ic = -1;
-#pragma omp for schedule(dynamic, 1)
-                for (int64_t item = 0; item < n_ic * n_jch; item++) {
-                    const int64_t ic = item / n_jch, jch = item % n_jch;
-                    const int64_t i0 = ic * MC;
-                    const int64_t mc = M - i0 < MC ? M - i0 : MC;
-                    if (packed_ic != ic) {
-                        for (int64_t ir = 0; ir < mc; ir += mr) {
-                            int rows = mc - ir < mr ? (int)(mc - ir) : mr;
-                            pack_a_panel(a, i0 + ir, rows, mr, pc, kc, ki->layout,
-                                         a_buf + (size_t)ir * kcp * esize);
-                        }
-                        packed_ic = ic;
+                for (int64_t i0 = r0; i0 < r1; i0 += MC) {
+                    const int64_t mc = r1 - i0 < MC ? r1 - i0 : MC;
+                    for (int64_t ir = 0; ir < mc; ir += mr) {
+                        int rows = mc - ir < mr ? (int)(mc - ir) : mr;
+                        pack_a_panel(a, i0 + ir, rows, mr, pc, kc, ki->layout,
+                                     a_buf + (size_t)ir * kcp * esize);
                     }
-                    const int64_t jp0 = jch * pan_per_ch;
-                    const int64_t jp1 = jp0 + pan_per_ch < npan ? jp0 + pan_per_ch : npan;
-                    for (int64_t jp = jp0; jp < jp1; jp++) {
+                    for (int64_t jp = 0; jp < npan; jp++) {
                         const int64_t j = jc + jp * NR;
-                        const int cols = N - j < NR ? (int)(N - j) : NR;
+                        const int cols = c1 - j < NR ? (int)(c1 - j) : NR;
                         const char *bp = b_block + (size_t)jp * kcp * NR * esize;
                         hq_gemm_epilogue ep = {scale, bias ? bias + j : NULL, ep_accumulate};
                         for (int64_t ir = 0; ir < mc; ir += mr) {
@@ -520,6 +529,7 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
             }
         }
         if (scratch) {
+#pragma omp barrier
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < M; i++)
                 for (int64_t j = 0; j < N; j++) c[i * ldc + j] += scratch[i * N + j];

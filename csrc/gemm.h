@@ -88,6 +88,9 @@ int hq_packed_b_usable(const hq_packed_b *p);
 const char *hq_gemm_kernel_name(void);
 int hq_gemm_force_kernel(const char *name);
 int hq_gemm_kernel_supported(const char *name);
+/* Products below this many flops (default 3.2e7; negative restores it) run on one
+ * thread. Tests set 0 so small products exercise the threaded split. */
+void hq_gemm_set_parallel_min_flops(double flops);
 
 /* ---- Internal: the per-ISA micro-kernels (gemm_avx2.c, gemm_avx512.c) ---- */
 

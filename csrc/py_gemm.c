@@ -2,9 +2,9 @@
  * the documented API is hif8qat/gemm.py, which calls these.
  *
  * Operands are read in place through their strides (any 2-D view: transposed, sliced,
- * negative steps); only a float32 array whose strides are not whole elements or whose
- * data is misaligned is copied first. `out` must be a C-contiguous, writeable float32
- * (M, N) array that does not overlap the inputs. */
+ * negative steps); only a float32 array whose strides are not whole elements, whose
+ * data is misaligned or whose byte order is not native is copied first. `out` must be
+ * a C-contiguous, native, writeable float32 (M, N) array not overlapping the inputs. */
 #include "py_common.h"
 #include "cpu.h"
 #include "gemm.h"
@@ -45,8 +45,9 @@ static int parse_operand(PyObject *obj, const char *name, int trans, hq_gemm_ope
     }
     npy_intp isz = PyArray_ITEMSIZE(x);
     npy_intp *st = PyArray_STRIDES(x);
-    if (st[0] % isz != 0 || st[1] % isz != 0 || !PyArray_ISALIGNED(x)) {
-        x = (PyArrayObject *)PyArray_NewCopy(x, NPY_CORDER);
+    if (st[0] % isz != 0 || st[1] % isz != 0 || !PyArray_ISALIGNED(x) ||
+        !PyArray_ISNOTSWAPPED(x)) {
+        x = (PyArrayObject *)PyArray_FROM_OTF(obj, t, NPY_ARRAY_CARRAY_RO);
         if (x == NULL) return -1;
         st = PyArray_STRIDES(x);
     } else {
@@ -179,10 +180,11 @@ static int parse_bias_out(gemm_call *g, PyObject *bias_obj, PyObject *out_obj) {
         Py_XDECREF(shape);
         return -1;
     }
-    if (!PyArray_IS_C_CONTIGUOUS(o) || !PyArray_ISALIGNED(o) || !PyArray_ISWRITEABLE(o)) {
+    if (!PyArray_IS_C_CONTIGUOUS(o) || !PyArray_ISALIGNED(o) || !PyArray_ISWRITEABLE(o) ||
+        !PyArray_ISNOTSWAPPED(o)) {
         PyErr_SetString(PyExc_ValueError,
-                        "out must be C-contiguous, aligned and writeable (pass a fresh array, "
-                        "or omit out= and copy the result)");
+                        "out must be C-contiguous, aligned, native byte order and writeable "
+                        "(pass a fresh array, or omit out= and copy the result)");
         return -1;
     }
     if (may_overlap(o, g->a_keep) || may_overlap(o, g->b_keep) || may_overlap(o, g->bias)) {

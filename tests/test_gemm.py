@@ -126,6 +126,8 @@ def test_non_contiguous_inputs_are_read_in_place_and_agree_with_copies():
     raw = np.zeros(22 * 24 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(22, 24)
     raw[...] = b
     np.testing.assert_array_equal(hq.gemm(a, raw), want)
+    # a big-endian float32 operand is converted, not misread
+    np.testing.assert_array_equal(hq.gemm(a, b.astype(">f4")), want)
 
 
 @pytest.mark.parametrize("K", [100, 700])  # one K slice (fused epilogue) and several (scratch)
@@ -148,14 +150,18 @@ def test_bias_out_and_accumulate(K):
 
 def test_bit_identical_for_one_and_two_threads():
     rng = np.random.default_rng(12)
-    cases = [operands(fa, fb, 300, 1100, 200, ta, tb, rng) + (ta, tb)
-             for (fa, fb), (ta, tb) in zip(PAIRINGS, [(0, 1), (1, 0), (0, 0), (1, 1)])]
+    # bands of rows (M >= N) and of columns (N > M), each over several K slices
+    shapes = [(300, 1100, 200), (64, 1100, 500), (300, 700, 200), (40, 900, 1000)]
+    cases = [operands(fa, fb, M, K, N, ta, tb, rng) + (ta, tb)
+             for (fa, fb), (ta, tb), (M, K, N) in zip(PAIRINGS, [(0, 1), (1, 0), (0, 0), (1, 1)],
+                                                      shapes)]
     saved = hq.get_num_threads()
     try:
         results = []
         for n in (1, 2):
             hq.set_num_threads(n)
-            results.append([hq.gemm(a, b, trans_a=ta, trans_b=tb, bias=np.ones(200, np.float32))
+            results.append([hq.gemm(a, b, trans_a=ta, trans_b=tb,
+                                    bias=np.ones(b.shape[0 if tb else 1], np.float32))
                             for a, b, ta, tb in cases])
     finally:
         hq.set_num_threads(saved)

@@ -192,6 +192,7 @@ static void test_packed_layout_mismatch_is_reported(void) {
 
 int main(void) {
     hif8_init();
+    hq_gemm_set_parallel_min_flops(0); /* small cases below use the threaded split too */
     printf("kernels on this CPU:");
     for (int k = 0; k < N_KERNELS; k++)
         if (hq_gemm_kernel_supported(kernel_names[k])) printf(" %s", kernel_names[k]);
@@ -212,6 +213,9 @@ int main(void) {
     /* accumulate with several K slices goes through the scratch path */
     check_case(30, 20, 700, HQ_GEMM_HIF8, HQ_GEMM_F32, 0, 1, 1, 1);
     check_case(13, 70, 50, HQ_GEMM_HIF8, HQ_GEMM_HIF8, 0, 1, 0, 1);
+    /* bands of columns (N > M) and of rows (M >= N), with K slices, on 2 threads */
+    check_case(20, 90, 530, HQ_GEMM_F32, HQ_GEMM_HIF8, 0, 1, 1, 0);
+    check_case(95, 20, 530, HQ_GEMM_HIF8, HQ_GEMM_F32, 1, 0, 0, 1);
     test_nan_propagates();
     test_packed_layout_mismatch_is_reported();
     if (failures) {
