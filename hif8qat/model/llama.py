@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from .blas import deterministic_blas
 from .config import LlamaConfig
 from .linear import PRECISIONS, linear_backward, linear_forward
 
@@ -438,6 +439,7 @@ class LlamaModel:
             raise ValueError(f"{what} must have shape (B, T) with B, T >= 1, got {tokens.shape}")
         return tokens.astype(np.int64, copy=False)
 
+    @deterministic_blas
     def forward(self, tokens, targets=None):
         """Run the decoder.  tokens (B, T) int -> (logits (B, T, V), loss or None).
 
@@ -539,6 +541,7 @@ class LlamaModel:
     def zero_grad(self) -> None:
         self.grads_flat[...] = 0.0
 
+    @deterministic_blas
     def backward(self, dloss: float = 1.0, accumulate: bool = False):
         """Gradients of ``dloss * loss`` for every parameter, after ``forward`` with targets.
 
