@@ -14,9 +14,9 @@ What is written (``out_dir/``):
   lines: (1) facts about invented lands, guilds and creatures, each fact stated in
   several paraphrases and also drilled in the "Question: ...\\nAnswer: ..." form;
   (2) routine scripts ("X is a baker. He kneads the dough. Then he shapes ...")
-  told many times with different actors; (3) worked examples of six small
-  inference patterns (orderings, class properties, location tracking, sums,
-  comparisons).
+  told many times with different actors; (3) worked examples of seven small
+  inference patterns (orderings, class properties, location tracking, who-has-what
+  lookups, routes, count comparisons).
 * ``finetune.txt`` -- another domain (market ledgers and recipes, lower-case,
   line-oriented), so that fine-tuning at an aggressive learning rate overwrites what
   pretraining taught: the forgetting the paper measures.
@@ -90,10 +90,10 @@ class WorldSpec:
 
 SIZES: Dict[str, WorldSpec] = {
     "full": WorldSpec(
-        lands=24, guilds=16, creatures=24, dev_entities=2,
-        knowledge_test=(760, 480, 760), knowledge_dev=5,
-        paragraphs_per_entity=14, qa_reps=3,
-        script_tellings=40, reasoning_examples=300,
+        lands=16, guilds=10, creatures=16, dev_entities=2,
+        knowledge_test=(800, 400, 800), knowledge_dev=5,
+        paragraphs_per_entity=16, qa_reps=4,
+        script_tellings=25, reasoning_examples=300,
         commonsense_test=2000, commonsense_train=200,
         reasoning_test=2000, reasoning_dev=300, reasoning_train=300,
         people_pool=160, finetune_docs=3000),
@@ -643,7 +643,7 @@ def _commonsense_items(seed: int, split: str, n_items: int, names: Sequence[str]
 
 
 # ----------------------------------------------------------------------------------
-# reasoning: six inference patterns over stated facts
+# reasoning: seven inference patterns over stated facts
 # ----------------------------------------------------------------------------------
 _COMPARATIVES = (("taller", "tallest", "shortest"), ("older", "oldest", "youngest"),
                  ("faster", "fastest", "slowest"), ("heavier", "heaviest", "lightest"),
@@ -651,6 +651,7 @@ _COMPARATIVES = (("taller", "tallest", "shortest"), ("older", "oldest", "younges
 _PLACES = ("barn", "mill", "kitchen", "garden", "market", "harbor", "forest", "tower",
            "cellar", "stable", "library", "chapel", "bakery", "orchard")
 _THINGS = ("apples", "coins", "eggs", "pears", "stones", "shells", "nuts", "plums")
+_OWNED = ("hat", "cloak", "cup", "bag", "kite", "boat", "scarf", "lamp")
 _KIND_COLORS = ("red", "blue", "green", "yellow", "black", "white", "grey", "brown")
 
 
@@ -659,7 +660,7 @@ def _r_order(rng, names, n_names):
     cmp_, top, bottom = rng.choice(_COMPARATIVES)
     people = rng.sample(names, n_names)            # people[0] is the most
     facts = [f"{people[i]} is {cmp_} than {people[i + 1]}." for i in range(n_names - 1)]
-    if rng.random() < 0.5:
+    if rng.random() < 0.3:     # mostly in chain order; sometimes the chain is shuffled
         rng.shuffle(facts)
     if rng.random() < 0.5:
         stem, gold = f"Who is the {top}?", people[0]
@@ -690,40 +691,54 @@ def _r_kind_color(rng, names, kinds):
 
 
 def _r_location(rng, names, kinds):
-    """Two people placed, one moves; ask where one of them is now."""
+    """Where someone is after moving (one person, or two with one moving)."""
     a, b = rng.sample(names, 2)
-    p1, p2, p3, p4 = rng.sample(_PLACES, 4)
+    p1, p2, p3, p4, p5 = rng.sample(_PLACES, 5)
+    if rng.random() < 0.5:
+        stem = f"{a} is in the {p1}. {a} goes to the {p2}. Where is {a}?"
+        others = [p1, p3, p4][: rng.choice((2, 3))]
+        return stem, f"the {p2}", [f"the {p}" for p in others]
     stem = f"{a} is in the {p1}. {b} is in the {p2}. {a} goes to the {p3}."
     if rng.random() < 0.6:
         return f"{stem} Where is {a}?", f"the {p3}", [f"the {p1}", f"the {p2}", f"the {p4}"]
     return f"{stem} Where is {b}?", f"the {p2}", [f"the {p1}", f"the {p3}", f"the {p4}"]
 
 
-def _r_sum(rng, names, kinds):
-    """Small additions and subtractions of things a person has."""
-    a, b = rng.sample(names, 2)
-    thing = rng.choice(_THINGS)
-    x = rng.randint(2, 9)
-    y = rng.randint(1, x - 1) if rng.random() < 0.5 else rng.randint(1, 9)
-    if y < x and rng.random() < 0.5:
-        stem = f"{a} has {x} {thing}. {a} gives {y} {thing} to {b}. How many {thing} does {a} have now?"
-        gold, other = x - y, x + y
+def _r_lookup(rng, names, kinds):
+    """Three people, three colored things; who has the one asked for."""
+    people = rng.sample(names, 4)
+    thing = rng.choice(_OWNED)
+    colors = rng.sample(_KIND_COLORS, 3)
+    stem = " ".join(f"{p} has a {c} {thing}." for p, c in zip(people, colors))
+    k = rng.randrange(3)
+    stem += f" Who has the {colors[k]} {thing}?"
+    distractors = [p for i, p in enumerate(people[:3]) if i != k]
+    if rng.random() < 0.5:      # sometimes a fourth name the question never mentions
+        distractors.append(people[3])
+    return stem, people[k], distractors
+
+
+def _r_visits(rng, names, kinds):
+    """A route of three places; where someone went before or after one of them."""
+    a = rng.choice(names)
+    route = rng.sample(_PLACES, 4)
+    stem = f"{a} went to the {route[0]}, then to the {route[1]}, then to the {route[2]}."
+    if rng.random() < 0.5:
+        k = rng.choice((0, 1))
+        stem += f" Where did {a} go after the {route[k]}?"
+        gold = route[k + 1]
     else:
-        stem = f"{a} has {x} {thing}. {b} gives {a} {y} more {thing}. How many {thing} does {a} have now?"
-        gold, other = x + y, abs(x - y)
-    cands = [other, gold + 1, gold - 1, gold + 2, gold - 2, x, y]
-    distractors: List[str] = []
-    for c in cands:
-        if c >= 0 and c != gold and str(c) not in distractors:
-            distractors.append(str(c))
-    return stem, str(gold), distractors[:3]
+        k = rng.choice((1, 2))
+        stem += f" Where did {a} go before the {route[k]}?"
+        gold = route[k - 1]
+    return stem, f"the {gold}", [f"the {p}" for p in route if p != gold]
 
 
 def _r_most(rng, names, kinds):
     """Three counts; who has the most or the fewest."""
     people = rng.sample(names, 3)
     thing = rng.choice(_THINGS)
-    counts = rng.sample(range(1, 21), 3)
+    counts = rng.sample(range(1, 13), 3)
     stem = " ".join(f"{p} has {c} {thing}." for p, c in zip(people, counts))
     if rng.random() < 0.5:
         gold = people[counts.index(max(counts))]
@@ -736,7 +751,7 @@ def _r_most(rng, names, kinds):
 
 _REASONING_PATTERNS = (("order3", _r_order3), ("order4", _r_order4),
                        ("kind_color", _r_kind_color), ("location", _r_location),
-                       ("sum", _r_sum), ("most", _r_most))
+                       ("lookup", _r_lookup), ("visits", _r_visits), ("most", _r_most))
 
 
 def _reasoning_corpus(seed: int, spec: WorldSpec, names, kinds) -> List[str]:
