@@ -32,10 +32,11 @@ The pipeline (each stage prints a line; training and evaluation show progress ba
 
 Scaling the paper's recipe to the small model (see :data:`FULL` for the numbers): the
 paper fine-tunes a 1B model for 10,000 steps with a 500-step BF16 warm-up (5 %) at
-lr 1e-5 (final) against 1e-4 (aggressive). A 1M-parameter model pretrained at lr ~2e-3
-barely moves at 1e-5, so both rates are scaled up by the same factor and kept 10x apart;
-the run is 150 steps with a 20-step BF16 warm-up (kept at least as long as a third of
-the 64-step window, so the first QAT scale comes from a filled history). ``--quick``
+lr 1e-5 (final) against 1e-4 (aggressive). A 0.25M-parameter byte-level model pretrained
+at lr 3e-3 barely moves at 1e-5, so both rates are scaled up by the same factor (to 1e-4
+and 1e-3) and kept 10x apart; a run is 150 steps of 8 x 128 bytes with a 20-step BF16
+warm-up (13 %, so that QAT starts from a history of 20 real amaxes), one cosine
+schedule with a 10-step linear LR warm-up for every run. ``--quick``
 runs the same pipeline on the tiny world with a tiny model, in seconds.
 
 Example::
@@ -92,10 +93,18 @@ class DemoSettings:
                 f"(sub)task, {self.num_fewshot}-shot")
 
 
-# The small model of the full demo: byte-level, 4 layers, hidden 128 (~0.8M parameters);
-# see the module docstring for how the paper's schedule was scaled.
+# The small model of the full demo: byte-level Llama, 2 layers, hidden 96 (~0.25M
+# parameters), pretrained 800 steps x 8 x 256 bytes with the world's recipe otherwise;
+# see the module docstring for how the paper's fine-tuning schedule was scaled.
 FULL = DemoSettings(
-    world_size="full", pretrain_recipe="pretrain", pretrain_overrides={},
+    world_size="full", pretrain_recipe="pretrain",
+    pretrain_overrides={
+        "steps": 800, "batch_size": 8, "seq_len": 256, "lr": 3e-3, "min_lr": 3e-4,
+        "lr_warmup_steps": 40, "weight_decay": 0.01, "precision": "bf16",
+        "model_config": {"vocab_size": 256, "hidden_size": 96, "intermediate_size": 288,
+                         "num_hidden_layers": 2, "num_attention_heads": 4,
+                         "num_key_value_heads": 2, "max_position_embeddings": 320,
+                         "tie_word_embeddings": True, "attention_bias": True}},
     finetune_steps=150, finetune_batch_size=8, finetune_seq_len=128,
     bf16_warmup_steps=20, lr_low=1e-4, lr_high=1e-3, lr_warmup_steps=10)
 
@@ -162,6 +171,15 @@ def _pretrain_config(s: DemoSettings, world_seed: int):
                            overrides=dict(s.pretrain_overrides) or None)
 
 
+def world_fingerprint(world_seed: int, size: str) -> str:
+    """SHA-256 over the world's manifest of file hashes: a cached model or evaluation
+    is reused only for the very same corpora and benchmark files."""
+    from hif8qat.world import world_dir
+    with open(os.path.join(world_dir(world_seed, size), "manifest.json"), encoding="utf-8") as fh:
+        files = json.load(fh).get("files", {})
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def pretrain_cache_key(s: DemoSettings, world_seed: int) -> str:
     """Hash of what the pretrained model depends on: the resolved recipe (paths and
     reporting fields aside), the world seed/size/generator version, the package version."""
@@ -174,6 +192,7 @@ def pretrain_cache_key(s: DemoSettings, world_seed: int) -> str:
         cfg.pop(k, None)
     blob = json.dumps({"recipe": cfg, "world_seed": world_seed, "world_size": s.world_size,
                        "generator": GENERATOR_VERSION, "version": hif8qat.__version__,
+                       "world": world_fingerprint(world_seed, s.world_size),
                        "cache_format": CACHE_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -246,7 +265,7 @@ def _write_json(path, obj):
     rep._atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
-def _post_training_evals(s, world_seed, pre, out_dir, progress, log):
+def _post_training_evals(s, world_seed, pre, out_dir, progress, log, only=None):
     """P0 (pretrained, BF16) and P1 (calibrated, HiF8, no training), cached with the
     pretrained model per evaluation setting."""
     from hif8qat.eval import ByteTokenizer
@@ -255,6 +274,7 @@ def _post_training_evals(s, world_seed, pre, out_dir, progress, log):
 
     tasks = _tasks(s, world_seed)
     ekey = hashlib.sha256(json.dumps({"eval": _eval_kwargs(s), "tasks": sorted(tasks),
+                                      "world": world_fingerprint(world_seed, s.world_size),
                                       "window": s.window,
                                       "calibrate": s.calibrate_batches,
                                       "seq_len": s.finetune_seq_len},
@@ -267,6 +287,8 @@ def _post_training_evals(s, world_seed, pre, out_dir, progress, log):
                 f"pretraining text (max/{s.window}), HiF8 W8A8 without training",
                 "P0-pretrained-bf16")]
     for name, label, desc, ref in entries:
+        if only is not None and name not in only:
+            continue
         run_dir = os.path.join(out_dir, name)
         os.makedirs(run_dir, exist_ok=True)
         cached = os.path.join(pre["dir"], "evals", f"{name}-{ekey}.json")
@@ -385,12 +407,14 @@ def _check_same_config(run_dir, config):
 def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
              world_seed: int = 0, cache_dir: Optional[str] = None, progress: bool = True,
              plots: bool = True, settings: Optional[DemoSettings] = None,
-             log=print) -> "rep.ReportTable":
+             only=None, log=print) -> "rep.ReportTable":
     """Run the demo (see the module docstring) into ``out_dir``; return the table.
 
     ``quick``: the tiny world and model (seconds). ``seed``: the fine-tuning runs' seed
     (model init of the pretraining is the recipe's). ``settings`` replaces the preset.
     Runs already finished in ``out_dir`` are skipped, so an interrupted demo resumes.
+    ``only``: names (or name prefixes such as "R1", "P0") of the stages to run; the
+    table then shows what ``out_dir`` holds (e.g. stages run in separate processes).
 
     Example::
 
@@ -408,10 +432,19 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} exists and is not a folder")
     os.makedirs(out_dir, exist_ok=True)
-    log(f"hif8qat demo{' --quick' if quick else ''}: {s.describe()}")
-    log(f"  output: {out_dir}")
     specs = run_specs(s)
     names = ["P0-pretrained-bf16", "P1-ptq-hif8"] + [r.name for r in specs]
+    if only is not None:
+        if isinstance(only, str):
+            only = [o for o in only.split(",") if o]
+        chosen = {n for n in names for o in only if n == o or n.split("-")[0] == o}
+        unknown = [o for o in only if not any(n == o or n.split("-")[0] == o for n in names)]
+        if unknown:
+            raise ValueError(f"unknown demo stage(s) {', '.join(unknown)}; stages are "
+                             f"{', '.join(names)} (or P0, P1, R0..R4)")
+        only = chosen
+    log(f"hif8qat demo{' --quick' if quick else ''}: {s.describe()}")
+    log(f"  output: {out_dir}")
     _write_json(os.path.join(out_dir, rep.EXPERIMENT_FILE),
                 {"kind": "demo", "quick": quick, "seed": seed, "world_seed": world_seed,
                  "settings": dataclasses.asdict(s), "runs": names})
@@ -424,12 +457,14 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
         f", final loss {pre['final_loss']:.4f}, {time.perf_counter() - t0:.0f} s)")
 
     log("[2/4] post-training evaluation: BF16 and calibrated HiF8 without training")
-    _post_training_evals(s, world_seed, pre, out_dir, progress, log)
+    _post_training_evals(s, world_seed, pre, out_dir, progress, log, only)
 
     log(f"[3/4] five matched fine-tuning runs on the fine-tuning corpus")
     tasks = _tasks(s, world_seed)
     data = finetune_data(world_seed, s.world_size)
     for spec in specs:
+        if only is not None and spec.name not in only:
+            continue
         cfg = finetune_config(s, spec, pre["model_dir"], data, os.path.join(out_dir, spec.name),
                               seed=seed, progress=progress)
         log(f"  {spec.label}: {spec.description}")
@@ -485,6 +520,9 @@ def main_demo(argv=None) -> int:
                              "or ~/.cache/hif8qat)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    parser.add_argument("--only", default=None, metavar="STAGES",
+                        help="comma-separated stages to run (P0,P1,R0..R4); the table "
+                             "shows every stage the output folder holds")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -497,7 +535,7 @@ def main_demo(argv=None) -> int:
             os.environ["HIF8QAT_CACHE"] = args.cache_dir   # the world's cache too
         table = run_demo(out, quick=args.quick, seed=args.seed, world_seed=args.world_seed,
                          cache_dir=args.cache_dir, progress=not args.no_progress,
-                         plots=not args.no_plots)
+                         plots=not args.no_plots, only=args.only)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         return rep._usage_error("demo", e)
     print()
