@@ -178,6 +178,13 @@ def test_demo_rerun_skips_finished_runs_and_uses_the_cache(quick_demo, cache_dir
                       for n in ("R0-bf16", "R1-final") for f in ("log.jsonl", "eval.json")}
     assert [r["acc_world_reasoning"] for r in table.rows] == \
         [r["acc_world_reasoning"] for r in saved["rows"]]
+    # --only runs (here: skips) just the named stages; the table still shows them all
+    lines = []
+    table = demo.run_demo(out, quick=True, cache_dir=cache_dir, progress=False, plots=False,
+                          only=["R1", "P0-pretrained-bf16"], log=lines.append)
+    assert sum("skipped" in line for line in lines) == 1 and len(table) == 7
+    with pytest.raises(ValueError, match="unknown demo stage"):
+        demo.run_demo(out, quick=True, cache_dir=cache_dir, only="R9", log=lines.append)
 
 
 def test_eval_cli_scores_a_run_directory_like_the_demo(quick_demo, tmp_path, capsys):

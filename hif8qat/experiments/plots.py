@@ -86,7 +86,7 @@ def layer_headroom(log):
             h = d.get("headroom")
             clipped = (d.get("clipped_fraction") or 0) > 0
             best, clip = per_layer.get(key, (None, False))
-            if isinstance(h, (int, float)):
+            if isinstance(h, (int, float)) and h > 0:   # 0 = nothing cast (warm-up)
                 best = h if best is None else max(best, h)
             per_layer[key] = (best, clip or clipped)
         for key, (h, clip) in per_layer.items():
