@@ -29,7 +29,7 @@ element this step), ``scalers`` ({name: {amax, scale, headroom,
 clipped_fraction}}, where ``scale`` is the one the step used; absent in baselines),
 ``eval`` (hook results, on the steps the hooks ran), ``winq_reset`` (on reset steps:
 moved_rms, tensors), ``hessian`` (on probe steps: top, bottom, near_zero_fraction,
-negative_fraction, n_negative_ritz, delta; the whole spectrum goes to
+negative_fraction, positive_fraction, n_negative_ritz, delta; the whole spectrum goes to
 ``hessian.jsonl``, one line per probe) and the wall-clock fields
 ``tokens_per_s`` and ``step_time_s`` (WALL_CLOCK_FIELDS: everything else is
 bit-identical between an uninterrupted and a resumed run).
