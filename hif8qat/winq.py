@@ -38,6 +38,8 @@ import json
 import math
 import os
 
+from typing import Optional
+
 import numpy as np
 
 __all__ = ["quantized_weight_names", "quantized_weight", "winq_reset", "weight_noise"]
@@ -321,6 +323,67 @@ def _ablation_summary(spec, results):
     return out
 
 
+def plot_ablation(out_dir: str, path: Optional[str] = None) -> str:
+    """Figure of an ablation run (needs matplotlib): training loss, clean-weight loss
+    relative to the baseline (dotted lines: WinQ resets), and the last Hessian
+    spectral density of every variant. Returns the PNG's path (``out_dir/winq_ablation.png``).
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("plot_ablation needs matplotlib: pip install matplotlib") from e
+    summary = _read_json(os.path.join(out_dir, "results.json"))
+    names = list(summary["variants"])
+    res = {n: _read_json(os.path.join(out_dir, n, "result.json")) for n in names}
+    colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
+
+    def ema(x, a=0.1):
+        out, m = [], x[0]
+        for v in x:
+            m = (1 - a) * m + a * v
+            out.append(m)
+        return out
+
+    base = dict(res[summary["baseline"]].get("clean_losses", []))
+    for n in names:
+        r = res[n]
+        ax[0].plot(range(1, len(r["losses"]) + 1), ema(r["losses"]), color=colors[n], label=n)
+        clean = [(s, c) for s, c in r.get("clean_losses", []) if s in base]
+        if n != summary["baseline"] and clean:
+            ax[1].plot([s for s, _ in clean], [100 * (c - base[s]) / base[s] for s, c in clean],
+                       "o-", color=colors[n], label=n)
+            for step in r["resets"]:
+                ax[1].axvline(step, color=colors[n], lw=0.5, ls=":")
+        lines = _read_jsonl(os.path.join(out_dir, n, "hessian.jsonl"))
+        if lines:
+            h = lines[-1]
+            dens = np.maximum(np.array(h["density"], dtype=float), 1e-9)
+            ax[2].semilogy(h["grid"], dens, color=colors[n],
+                           label=f"{n} (top {h['top'][0]:.1f}, step {h['step']})")
+    ax[0].set(title="training loss (EMA 0.1; noise variants: at w + eps)", xlabel="step")
+    ax[1].axhline(0, color="k", lw=0.5)
+    ax[1].set(title=f"clean-weight loss vs {summary['baseline']}, %", xlabel="step")
+    ax[2].set(title="Hessian spectral density (SLQ, last probe)", xlabel="eigenvalue",
+              ylim=(1e-6, None))
+    for a in ax:
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    png = path or os.path.join(out_dir, "winq_ablation.png")
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return png
+
+
+def _read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, "r", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def main(argv=None) -> int:
     """``python -m hif8qat.winq [CONFIG.toml] [OUT_DIR] [--only a,b] [--no-eval]``"""
     import argparse
@@ -330,11 +393,14 @@ def main(argv=None) -> int:
     ap.add_argument("out_dir", nargs="?", default="runs/winq_ablation")
     ap.add_argument("--only", default=None, help="comma-separated variant names")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--plot", action="store_true", help="also write winq_ablation.png")
     a = ap.parse_args(argv)
     res = run_ablation(a.config, a.out_dir, a.only.split(",") if a.only else None,
                        evaluate=not a.no_eval)
     print(json.dumps({n: {k: v for k, v in r.items() if k != "hessian"}
                       for n, r in res["variants"].items()}, indent=1))
+    if a.plot:
+        print("figure:", plot_ablation(a.out_dir))
     return 0
 
 
