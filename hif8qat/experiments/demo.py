@@ -459,7 +459,7 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
     log("[2/4] post-training evaluation: BF16 and calibrated HiF8 without training")
     _post_training_evals(s, world_seed, pre, out_dir, progress, log, only)
 
-    log(f"[3/4] five matched fine-tuning runs on the fine-tuning corpus")
+    log("[3/4] five matched fine-tuning runs on the fine-tuning corpus")
     tasks = _tasks(s, world_seed)
     data = finetune_data(world_seed, s.world_size)
     for spec in specs:

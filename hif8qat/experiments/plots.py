@@ -24,11 +24,8 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot():

@@ -468,8 +468,9 @@ class ReportTable:
                 if d is None:
                     cells.append("-")
                 else:
+                    rel = _fmt(r.get(f"rel_drop_{t}"), "{:+.1f}%")
                     cells.append(f"{d:+.2f} [{r[f'drop_low_{t}']:+.2f}, "
-                                 f"{r[f'drop_high_{t}']:+.2f}] ({_fmt(r.get(f'rel_drop_{t}'), '{:+.1f}%')})")
+                                 f"{r[f'drop_high_{t}']:+.2f}] ({rel})")
             cells += [_fmt(r.get("ape_qat"), "{:.3f}"), _fmt(r.get("ape_all"), "{:.3f}")]
             if r.get("precision") == "hif8" and r.get("saturation_events") is not None:
                 cells.append(f"{r['saturation_events']} ({r['saturated_steps']})")
