@@ -98,10 +98,10 @@ SIZES: Dict[str, WorldSpec] = {
         reasoning_test=2000, reasoning_dev=300, reasoning_train=300,
         people_pool=160, finetune_docs=3000),
     "tiny": WorldSpec(
-        lands=5, guilds=4, creatures=5, dev_entities=1,
-        knowledge_test=(72, 56, 72), knowledge_dev=5,
+        lands=3, guilds=3, creatures=3, dev_entities=1,
+        knowledge_test=(68, 64, 68), knowledge_dev=5,
         paragraphs_per_entity=10, qa_reps=3,
-        script_tellings=10, reasoning_examples=60,
+        script_tellings=4, reasoning_examples=20,
         commonsense_test=200, commonsense_train=40,
         reasoning_test=200, reasoning_dev=40, reasoning_train=40,
         people_pool=48, finetune_docs=300),
