@@ -426,6 +426,22 @@ def test_main_world_writes_a_world_and_rejects_bad_arguments(tmp_path, capsys):
     assert "error" in err
 
 
+@pytest.mark.parametrize("recipe", ["pretrain", "pretrain_tiny"])
+def test_shipped_recipes_load_as_train_configs_on_the_worlds_corpus(recipe, tmp_path,
+                                                                    monkeypatch):
+    pytest.importorskip("hif8qat.train.config")
+    import hif8qat.world as world
+    monkeypatch.setenv("HIF8QAT_CACHE", str(tmp_path / "cache"))
+    cfg = world.pretrain_config(0, "tiny", recipe=recipe)
+    assert os.path.isfile(cfg.data) and cfg.data.endswith("pretrain.txt")
+    assert cfg.data.startswith(str(tmp_path / "cache"))
+    assert cfg.model_config["vocab_size"] == 256        # byte-level
+    assert cfg.seq_len <= cfg.model_config["max_position_embeddings"]
+    assert world.finetune_data(0, "tiny").endswith("finetune.txt")
+    with pytest.raises(FileNotFoundError, match="no world recipe"):
+        world.pretrain_config(0, "tiny", recipe="nope")
+
+
 # ---------------------------------------------------------------------------------
 # the world is learnable: a quick pretraining beats chance on world_knowledge
 # ---------------------------------------------------------------------------------
