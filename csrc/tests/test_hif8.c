@@ -8,24 +8,7 @@
 #include "../cpu.h"
 #include "../hif8.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        if (!(cond)) {                                                    \
-            failures++;                                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);          \
-            fprintf(stderr, __VA_ARGS__);                                 \
-            fprintf(stderr, "\n");                                        \
-        }                                                                 \
-    } while (0)
-
-static uint64_t rng_state = 0x1234567887654321ull;
-static uint32_t next_u32(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
+#include "check.h"
 
 static void test_spec_examples(void) {
     CHECK(hif8_decode(0x08) == 1.0f, "0x08");
@@ -79,7 +62,7 @@ static void test_paths_agree(void) {
     uint8_t *c0 = malloc(n), *c1 = malloc(n), *m0 = malloc(n), *m1 = malloc(n);
     float *v0 = malloc(n * sizeof *v0), *v1 = malloc(n * sizeof *v1);
     for (size_t i = 0; i < n; i++) {
-        uint32_t b = next_u32();
+        uint32_t b = rnd();
         if (i % 3 == 0) { /* mostly realistic magnitudes, some raw bit patterns */
             float f = (float)((int32_t)b) / 2147483648.0f * 40.0f;
             memcpy(&x[i], &f, 4);

@@ -48,6 +48,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..train.checkpoint import atomic_write_text
+
 try:  # Python 3.11+
     import tomllib as _toml
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -662,31 +664,10 @@ def _finite_or_none(x):
     return x if math.isfinite(x) else None
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
+# JSON helpers shared with the trainer (one definition: plain values, atomic writes)
+from ..train.trainer import _json_default, _plain  # noqa: E402
 
 
 def _atomic_write(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
