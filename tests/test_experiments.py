@@ -399,3 +399,22 @@ def test_plots_write_pngs(quick_demo, tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     layers = plots.layer_headroom(_read_log(os.path.join(out, "R2-most-recent")))
     assert layers and all(len(steps) == len(hs) for steps, hs, _ in layers.values())
+
+
+def test_report_plots_the_hessian_density_over_time(tmp_path):
+    pytest.importorskip("matplotlib")
+    import json as _json
+    from hif8qat.experiments import plots
+    grid = list(np.linspace(-1, 3, 50))
+    with open(tmp_path / "hessian.jsonl", "w") as fh:
+        for step, centre in [(10, 0.5), (20, 1.5)]:
+            dens = list(np.exp(-(np.array(grid) - centre) ** 2 / 0.1) + 1e-6)
+            fh.write(_json.dumps({"step": step, "phase": "qat", "grid": grid, "density": dens}) + "\n")
+    recs = plots.read_hessian_log(str(tmp_path))
+    assert [r["step"] for r in recs] == [10, 20]
+    path = plots.plot_hessian_density(str(tmp_path))
+    assert path and os.path.getsize(path) > 1000
+    assert plots.plot_hessian_density(str(tmp_path / "nowhere")) is None
+    (tmp_path / "hessian.jsonl").write_text("{broken\n")
+    with pytest.raises(ValueError, match="hessian.jsonl:1"):
+        plots.read_hessian_log(str(tmp_path))

@@ -5,6 +5,8 @@
 * ``headroom.png`` per HiF8 run: per layer, the largest headroom of the layer's scalers
   per step (amax x scale / fmax; above 1 the delayed estimate lagged the data and the
   cast clipped), saturation events (steps with a clipped element) marked;
+* ``hessian.png`` per run whose training probed the Hessian (``hessian_every``): the
+  spectral density at each probe, later probes darker (the WinQ paper's quantity);
 * ``accuracy.png`` and ``loss_curves.png`` for a whole table: accuracy per benchmark
   for every run, and every run's loss curve.
 
@@ -163,6 +165,49 @@ def plot_loss_curves(table, path) -> str:
     return path
 
 
+def read_hessian_log(run_dir) -> list:
+    """The spectrum records of ``RUN_DIR/hessian.jsonl`` (step, grid, density, ...)."""
+    import json
+    path = os.path.join(run_dir, "hessian.jsonl")
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
+    return out
+
+
+def plot_hessian_density(run_dir, path=None):
+    """Spectral density over training -> ``RUN_DIR/hessian.png``; None without probes."""
+    records = [r for r in read_hessian_log(run_dir) if r.get("grid") and r.get("density")]
+    if not records:
+        return None
+    plt = _pyplot()
+    path = path or os.path.join(run_dir, "hessian.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(records):
+        shade = cmap(0.15 + 0.8 * i / max(1, len(records) - 1))
+        ax.plot(r["grid"], r["density"], color=shade, lw=1.1,
+                label=f"step {r.get('step')} ({r.get('phase', '')})")
+    ax.set_yscale("log")
+    top = max(max(r["density"]) for r in records)
+    ax.set_ylim(top * 1e-6, top * 3)       # the Gaussian broadening's far tails say nothing
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel("spectral density (SLQ)")
+    ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: Hessian spectrum over training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_table(table, out_dir=None, log=print) -> list:
     """Every plot of a table: per run (loss, headroom) and, with ``out_dir``, accuracy
     and all loss curves. Returns the paths; [] (with a message) without matplotlib."""
@@ -179,6 +224,9 @@ def plot_table(table, out_dir=None, log=print) -> list:
         paths.append(plot_loss(run, ref))
         if r.get("precision") == "hif8":
             paths.append(plot_headroom(run))
+        hessian = plot_hessian_density(run.path)
+        if hessian:
+            paths.append(hessian)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         paths.append(plot_accuracy(table, os.path.join(out_dir, "accuracy.png")))
