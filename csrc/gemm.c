@@ -173,6 +173,21 @@ void hq_gemm_reference(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a
 
 /* ---- the portable micro-kernel (ISA "scalar") ---- */
 
+/* Write an accumulator tile (rows x NR, row-major) to C through the epilogue:
+ * y = fma(sum, scale, bias) and, with accumulate, C + y (gemm.h). */
+static inline void store_tile(const float *acc, int rows, float *c, int64_t ldc,
+                              const hq_gemm_epilogue *ep) {
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < NR; j++) {
+            float v = acc[r * NR + j];
+            if (ep) {
+                v = epilogue_value(v, ep->scale, ep->bias, j);
+                if (ep->accumulate) v = c[r * ldc + j] + v;
+            }
+            c[r * ldc + j] = v;
+        }
+}
+
 static void ukernel_scalar_4x16(int64_t kc, const void *a_panel, const void *b_panel,
                                 float *c, int64_t ldc, int first,
                                 const hq_gemm_epilogue *ep) {
@@ -184,15 +199,7 @@ static void ukernel_scalar_4x16(int64_t kc, const void *a_panel, const void *b_p
     for (int64_t k = 0; k < kc; k++, ap += 4, bp += NR)
         for (int r = 0; r < 4; r++)
             for (int j = 0; j < NR; j++) acc[r][j] = fmaf(ap[r], bp[j], acc[r][j]);
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < NR; j++) {
-            float v = acc[r][j];
-            if (ep) {
-                v = epilogue_value(v, ep->scale, ep->bias, j);
-                if (ep->accumulate) v = c[r * ldc + j] + v;
-            }
-            c[r * ldc + j] = v;
-        }
+    store_tile(&acc[0][0], 4, c, ldc, ep);
 }
 
 /* ---- the vdpbf16ps emulation (tests only, see KID_BF16EMU) ---- */
@@ -218,15 +225,7 @@ static void ukernel_bf16emu_24x16(int64_t kc, const void *a_panel, const void *b
                 acc[r][j] = f32_ftz(acc[r][j] + odd);
                 acc[r][j] = f32_ftz(acc[r][j] + even);
             }
-    for (int r = 0; r < 24; r++)
-        for (int j = 0; j < NR; j++) {
-            float v = acc[r][j];
-            if (ep) {
-                v = epilogue_value(v, ep->scale, ep->bias, j);
-                if (ep->accumulate) v = c[r * ldc + j] + v;
-            }
-            c[r * ldc + j] = v;
-        }
+    store_tile(&acc[0][0], 24, c, ldc, ep);
 }
 
 /* ---- packing ---- */

@@ -49,12 +49,8 @@ import re
 import sys
 from typing import Callable, Optional
 
+from ..train.config import read_toml
 from . import report as rep
-
-try:  # Python 3.11+
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as _toml
 
 GRID_KEYS = ("base", "out_dir", "config", "grid", "runs", "eval", "reference")
 EVAL_KEYS = ("tasks", "limit", "num_fewshot", "batch_size")
@@ -65,13 +61,7 @@ __all__ = ["load_grid", "expand_grid", "run_grid", "main_ablate"]
 def load_grid(path: str) -> dict:
     """Read a grid TOML file into a dict (``base`` resolved against the file's folder)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            grid = _toml.load(fh)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"grid file not found: {path}") from None
-    except _toml.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    grid = read_toml(path, "grid")
     grid["_source"] = path
     base = grid.get("base")
     if isinstance(base, str) and base and not os.path.isabs(base):

@@ -67,6 +67,18 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "eval_ever
                      "hessian_batches", "hessian_precision", "hessian_rel_step")
 
 
+def read_toml(path, what: str = "config") -> dict:
+    """A TOML file as a dict; a missing file or bad TOML is a one-line error naming it."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            return _toml.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except _toml.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+
+
 @dataclass
 class ScalingRecipe:
     """Delayed-scaling recipe of one tensor role (see delayed-scaling.md).
@@ -351,13 +363,7 @@ class TrainConfig:
         relative to the working directory, where outputs go.
         """
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                d = _toml.load(fh)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except _toml.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML: {e}") from None
+        d = read_toml(path, "config")
         base = os.path.dirname(os.path.abspath(path))
         for key in ("data", "model_dir"):
             v = d.get(key)
