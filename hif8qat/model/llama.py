@@ -97,12 +97,12 @@ def rope_tables(T, D, theta, dtype):
 
 
 def rope_forward(x, cos, sin):
-    """x is (B, T, nh, D), cos/sin are (T, D/2) -> out (B, T, nh, D).
+    """x is (B, T, nh, D), cos/sin are (T, D/2) or per row (B, T, D/2) -> out (B, T, nh, D).
 
     out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] with x = [x1, x2].
     """
     h = x.shape[-1] // 2
-    c, s = cos[:, None, :], sin[:, None, :]          # (T, 1, D/2) broadcast over heads
+    c, s = cos[..., None, :], sin[..., None, :]      # (.., T, 1, D/2) broadcast over heads
     x1, x2 = x[..., :h], x[..., h:]
     out = np.empty_like(x)
     out[..., :h] = x1 * c - x2 * s
@@ -113,7 +113,7 @@ def rope_forward(x, cos, sin):
 def rope_backward(dout, cos, sin):
     """dout (B, T, nh, D) -> dx (B, T, nh, D); the rotation's transpose."""
     h = dout.shape[-1] // 2
-    c, s = cos[:, None, :], sin[:, None, :]
+    c, s = cos[..., None, :], sin[..., None, :]
     d1, d2 = dout[..., :h], dout[..., h:]
     dx = np.empty_like(dout)
     dx[..., :h] = d1 * c + d2 * s                   # out1 = x1 c - x2 s ; out2 = x2 c + x1 s
