@@ -439,9 +439,40 @@ class LlamaModel:
             raise ValueError(f"{what} must have shape (B, T) with B, T >= 1, got {tokens.shape}")
         return tokens.astype(np.int64, copy=False)
 
+    def _positions(self, position_ids, shape):
+        """cos, sin (B, T, D/2) gathered at each row's own positions."""
+        pos = self._check_tokens(position_ids, "position_ids")
+        if pos.shape != shape:
+            raise ValueError(f"position_ids shape {pos.shape} must equal tokens shape {shape}")
+        if pos.min() < 0:
+            raise ValueError(f"position_ids must be >= 0, got {pos.min()}")
+        cos, sin = self._rope(int(pos.max()) + 1)
+        return cos[pos], sin[pos]
+
+    def _mask_bias(self, attention_mask, shape, R):
+        """(B, 1, R*T, T) additive bias from a boolean (B, T, T) mask (True: may attend)."""
+        mask = np.asarray(attention_mask)
+        B, T = shape
+        if mask.dtype != np.bool_:
+            raise TypeError(f"attention_mask must be a bool array, got dtype {mask.dtype}")
+        if mask.shape != (B, T, T):
+            raise ValueError(f"attention_mask must have shape (B, T, T) = {(B, T, T)}, "
+                             f"got {mask.shape}")
+        # every query attends at least to itself, so no softmax row is empty
+        if not mask[:, np.arange(T), np.arange(T)].all():
+            raise ValueError("attention_mask must let every position attend to itself "
+                             "(its diagonal must be True)")
+        bias = np.where(mask, self.dtype.type(0.0), self.dtype.type(-np.inf))
+        return np.tile(bias, (1, R, 1))[:, None]               # rows r*T + t, as causal_bias
+
     @deterministic_blas
-    def forward(self, tokens, targets=None):
+    def forward(self, tokens, targets=None, *, position_ids=None, attention_mask=None):
         """Run the decoder.  tokens (B, T) int -> (logits (B, T, V), loss or None).
+
+        ``position_ids`` (B, T) int (default 0..T-1 in every row) and ``attention_mask``
+        (B, T, T) bool, True where query i may attend key j (default causal), let one row
+        hold several sequences that share a prefix -- the evaluator packs a question and
+        all its answers into one row this way. Backward supports both.
 
         ``targets[:, t]`` is the token that should follow position t (already shifted);
         -100 marks positions to ignore; the loss is the mean cross-entropy over the
@@ -474,8 +505,14 @@ class LlamaModel:
         prec, calib = self.precision, self.calibrating
         need_scalers = prec == "hif8" or calib
         sc = self.scalers if need_scalers else None
-        cos, sin = self._rope(T)
-        bias = self._causal_bias(T, R)
+        if position_ids is None:
+            cos, sin = self._rope(T)
+        else:
+            cos, sin = self._positions(position_ids, (B, T))
+        if attention_mask is None:
+            bias = self._causal_bias(T, R)
+        else:
+            bias = self._mask_bias(attention_mask, (B, T), R)
 
         def lin(x, module):
             b = P.get(module + ".bias")
@@ -507,7 +544,9 @@ class LlamaModel:
                 oa, probs = attention_forward(qa, ka, va, bias)
             else:
                 oa = np.concatenate([attention_forward(qa[j:j + step], ka[j:j + step],
-                                                       va[j:j + step], bias)[0]
+                                                       va[j:j + step],
+                                                       bias if bias.ndim == 2
+                                                       else bias[j:j + step])[0]
                                      for j in range(0, B, step)])
                 probs = None
             o = np.ascontiguousarray(
@@ -534,7 +573,7 @@ class LlamaModel:
         loss, lse, n_valid = cross_entropy_forward(logits, tflat)
         self._acts = dict(tokens=tokens, targets=tflat, layers=layers, x=x, rstd_f=rstd_f,
                           xf=xf, logits=logits, lse=lse, n_valid=n_valid, shape=(B, T),
-                          precision=prec)
+                          precision=prec, rope=(cos, sin))
         return logits.reshape(B, T, -1), loss
 
     # ------------------------------------------------------------------ backward
@@ -569,7 +608,7 @@ class LlamaModel:
         if not accumulate:
             # the embedding (and a tied LM head) gather contributions from several places
             G["model.embed_tokens.weight"][...] = 0.0
-        cos, sin = self._rope(T)
+        cos, sin = acts["rope"]
 
         def lin_back(dy, cache, module):
             # each projection is used once per forward: overwrite unless accumulating
