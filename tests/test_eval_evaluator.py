@@ -426,3 +426,76 @@ def test_sentencepiece_tokenizer_bos_follows_the_config(tmp_path, config, expect
     model = FirstTokenBigram(vocab=tok.vocab_size)
     (ll, _), = loglikelihood_tokens(model, [(ctx, cont)], max_length=64)
     assert ll == pytest.approx(reference_ll(model, ctx, cont, 64), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- packing
+
+def packing_requests(rng):
+    """Contexts with several continuations: distinct, one extending another, a duplicate,
+    a lone request, and contexts long enough to be left-truncated at max_length 24."""
+    reqs = []
+    for g in range(6):
+        ctx = list(rng.integers(1, 256, size=int(rng.integers(3, 30))))
+        conts = [list(rng.integers(1, 256, size=int(rng.integers(1, 6)))) for _ in range(4)]
+        conts.append(conts[0] + [7, 9])          # extends choice 0
+        conts.append(list(conts[1]))             # duplicate of choice 1
+        reqs += [(ctx, c) for c in conts]
+    reqs.append(([5, 6], [8]))
+    return reqs
+
+
+def test_packed_scores_equal_separate_rows_in_float64():
+    """One row per context (context once, every continuation beside it) must score
+    exactly what one causal row per request scores: float64 leaves only rounding."""
+    cfg = tiny_llama().config
+    model = hq.LlamaModel.from_config(cfg, seed=1, dtype=np.float64)
+    reqs = packing_requests(np.random.default_rng(5))
+    stats_p, stats_s = {}, {}
+    packed = loglikelihood_tokens(model, reqs, batch_size=4, max_length=24, stats=stats_p)
+    separate = loglikelihood_tokens(model, reqs, batch_size=4, max_length=24, stats=stats_s,
+                                    pack=False)
+    for (lp, gp), (ls, gs), (ctx, cont) in zip(packed, separate, reqs):
+        assert lp == pytest.approx(ls, rel=1e-12, abs=1e-12)
+        assert gp == gs
+        assert ls == pytest.approx(reference_ll(model, ctx, cont, 24), rel=1e-12)
+    assert stats_p["rows"] < stats_s["rows"]
+
+
+def test_a_long_group_is_split_over_rows_that_each_repeat_the_context():
+    cfg = tiny_llama().config
+    model = hq.LlamaModel.from_config(cfg, seed=2, dtype=np.float64)
+    ctx = list(range(1, 9))
+    reqs = [(ctx, [100 + i] * 7) for i in range(6)]          # 8 + 6 * 6 > 2 * 16
+    stats = {}
+    out = loglikelihood_tokens(model, reqs, batch_size=8, max_length=16, stats=stats)
+    assert stats["rows"] == 2
+    for (ll, _), (c, cont) in zip(out, reqs):
+        assert ll == pytest.approx(reference_ll(model, c, cont, 16), rel=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "hif8"])
+def test_packed_scores_do_not_depend_on_batch_size(tmp_path, precision):
+    rng = np.random.default_rng(6)
+    items = [([f"w{k}" + "q" * int(rng.integers(0, 5)) for k in range(4)], k % 4) for k in range(9)]
+    path = arc_file(tmp_path, "t.jsonl", items)
+    model = tiny_llama()
+    if precision == "hif8":
+        calibrated_hif8(model, rng)
+    else:
+        model.set_precision(precision)
+    runs = [evaluate(model, ByteTokenizer(), f"arc:{path}", num_fewshot=1, batch_size=b)
+            for b in (1, 4, 16)]
+    lls = [[r.lls for r in run.items["arc"]] for run in runs]
+    assert lls[0] == lls[1] == lls[2]
+    assert runs[0].config["model_rows"] == 9               # one row per question
+    # and they are the separate rows' scores up to rounding
+    sep = loglikelihood_tokens(model, [encode_request(ByteTokenizer(), "Question: x?\nAnswer:",
+                                                       " w0")], pack=False)
+    pk = loglikelihood_tokens(model, [encode_request(ByteTokenizer(), "Question: x?\nAnswer:",
+                                                      " w0")])
+    assert pk[0][0] == pytest.approx(sep[0][0], rel=1e-4)
+
+
+def test_pack_true_needs_a_model_that_takes_masks():
+    with pytest.raises(ValueError, match="position_ids and attention_mask"):
+        loglikelihood_tokens(UniformModel(), [([1], [2])], pack=True)

@@ -24,6 +24,14 @@ contains it. MMLU's four single-token continuations " A".." D" share one input (
 context), so MMLU costs one row per question instead of four; a choice that extends
 another (" cat", " cat food") rides on the longer one.
 
+Packing. For a model whose forward takes ``position_ids`` and ``attention_mask``
+(``LlamaModel``), the requests that share a context go further: one row holds the
+context once and then every continuation, each placed at the positions right after the
+context and masked so that it sees the context and itself only -- what its own causal
+row would see. HellaSwag's four endings after a long context then cost one context
+instead of four (about 3-4x fewer tokens on the embedded world). The scores equal the
+separate rows' up to float rounding (tested in float64 to 1e-12).
+
 Batch invariance. Every row runs at a width that depends on the row alone: its length
 rounded up to ``PAD_MULTIPLE`` (32) tokens, padded on the right with token 0, and a
 batch holds rows of one width only (longest first). Padding after a sequence cannot
@@ -47,6 +55,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -173,6 +182,101 @@ def _host_rows(inputs, max_length, pad_multiple):
     return rows, widths, [row_of_seq[seq] for seq in inputs]
 
 
+def _packed_rows(inputs, keys, max_length, pad_multiple):
+    """Model rows that each hold a shared prefix and several continuations.
+
+    Inputs with the same key (the request's context) are one group: their longest common
+    prefix P is run once, followed by every distinct suffix, each suffix attending to P
+    and to itself only and positioned right after P (see ``_row_arrays``). A suffix that
+    is a prefix of another suffix rides on it, as in ``_host_rows``. A row grows to at
+    most ``2 * max_length`` tokens; a group with more starts another row with P again.
+    Returns (rows, widths, place of each input): a row is (prefix, [suffixes]); a place
+    is (row, len(P), row offset of the input's suffix).
+    """
+    groups = {}
+    for seq, key in zip(inputs, keys):
+        groups.setdefault(key, set()).add(seq)
+    cap = 2 * max_length
+    rows, place_of_seq = [], {}
+    for key in sorted(groups, key=lambda k: (len(k), k)):
+        unique = sorted(groups[key])
+        plen = len(_common_prefix(unique))
+        if plen == 0:     # nothing shared (left truncation cut it): one row each
+            for seq in unique:
+                place_of_seq[seq] = (len(rows), len(seq), 0)
+                rows.append((seq, []))
+            continue
+        prefix = unique[0][:plen]
+        suffixes = [seq[plen:] for seq in unique]            # sorted, unique
+        host = list(range(len(suffixes)))
+        for i in range(len(suffixes) - 2, -1, -1):
+            a, b = suffixes[i], suffixes[i + 1]
+            if b[:len(a)] == a:
+                host[i] = host[i + 1]
+        current, width, offsets = None, cap, {}
+        for h in sorted(set(host), key=lambda r: (-len(suffixes[r]), suffixes[r])):
+            if current is None or width + len(suffixes[h]) > cap:
+                current = (prefix, [])
+                rows.append(current)
+                width = plen
+            offsets[h] = (len(rows) - 1, width)
+            current[1].append(suffixes[h])
+            width += len(suffixes[h])
+        for i, seq in enumerate(unique):
+            row, off = offsets[host[i]]
+            place_of_seq[seq] = (row, plen, off)
+    lengths = [len(p) + sum(map(len, s)) for p, s in rows]
+    order = sorted(range(len(rows)), key=lambda r: (-lengths[r], rows[r][0], rows[r][1]))
+    new_index = {r: k for k, r in enumerate(order)}
+    rows = [rows[r] for r in order]
+    widths = [padded_length(lengths[r], max_length, pad_multiple) for r in order]
+    places = []
+    for seq in inputs:
+        row, plen, off = place_of_seq[seq]
+        places.append((new_index[row], plen, off))
+    return rows, widths, places
+
+
+def _common_prefix(seqs):
+    first, last = min(seqs), max(seqs)     # the LCP of a set is the LCP of its extremes
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
+def _row_arrays(row, width):
+    """tokens, position_ids (width,) and attention mask (width, width) of a packed row.
+
+    The prefix is causal; suffix j sits at positions len(P).. and sees the prefix and
+    its own earlier tokens. Padding positions see only themselves (nothing real sees
+    them), so they never touch a scored position.
+    """
+    prefix, suffixes = row
+    tokens = np.zeros(width, dtype=np.int64)
+    pos = np.zeros(width, dtype=np.int64)
+    seg = np.full(width, -2, dtype=np.int64)                 # -2 padding, -1 prefix
+    n = len(prefix)
+    tokens[:n], pos[:n], seg[:n] = prefix, np.arange(n), -1
+    for j, s in enumerate(suffixes):
+        tokens[n:n + len(s)], pos[n:n + len(s)], seg[n:n + len(s)] = s, \
+            np.arange(len(prefix), len(prefix) + len(s)), j
+        n += len(s)
+    i, k = np.arange(width)[:, None], np.arange(width)[None, :]
+    visible = (seg[None, :] == -1) | ((seg[None, :] == seg[:, None]) & (seg[:, None] >= 0))
+    mask = ((k <= i) & visible) | (i == k)
+    return tokens, pos, mask
+
+
+def supports_packing(model):
+    """Whether ``model.forward`` takes ``position_ids`` and ``attention_mask``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "position_ids" in params and "attention_mask" in params
+
+
 def _continuation_logprobs(logits, b_idx, t_idx, targets, chunk_elements=1 << 24):
     """log softmax(logits[b, t])[target] in float64 and argmax == target, per position;
     in chunks, so a large vocabulary never needs one (positions, V) float64 array."""
@@ -193,13 +297,20 @@ def _continuation_logprobs(logits, b_idx, t_idx, targets, chunk_elements=1 << 24
 
 
 def loglikelihood_tokens(model, requests, batch_size=16, max_length=None, stats=None,
-                         pad_multiple=PAD_MULTIPLE):
+                         pad_multiple=PAD_MULTIPLE, pack=None):
     """Score token requests: for each ``(context_tokens, continuation_tokens)``, the sum of
     the continuation's log-probabilities (float64) and whether every continuation token
     was the model's argmax — the harness's ``(logprob, is_greedy)``.
 
+    ``pack`` (default: when the model supports it, see :func:`supports_packing`) runs the
+    requests that share a context as one row: the context once, then every continuation
+    with its own positions and an attention mask that hides the other continuations.
+    The scores are those of separate rows up to float rounding (the same sums in
+    another order); with ``pack=False`` every request has its own causal row.
+
     ``stats`` (a dict, optional) receives ``requests`` and ``rows`` (model rows run after
-    shared-prefix reuse) and ``nonfinite`` (requests whose log-likelihood is NaN/inf).
+    shared-prefix reuse and packing) and ``nonfinite`` (requests whose log-likelihood is
+    NaN/inf).
 
     Example::
 
@@ -213,9 +324,19 @@ def loglikelihood_tokens(model, requests, batch_size=16, max_length=None, stats=
         raise ValueError(f"pad_multiple must be a positive int, got {pad_multiple!r}")
     max_length = model_max_length(model, max_length)
     inputs, n_cont = _model_inputs(requests, max_length)
-    rows, widths, row_of = _host_rows(inputs, max_length, int(pad_multiple))
+    if pack is None:
+        pack = supports_packing(model)
+    elif pack and not supports_packing(model):
+        raise ValueError("pack=True needs a model whose forward takes position_ids and "
+                         "attention_mask (hq.LlamaModel does)")
+    if pack:
+        keys = [tuple(int(t) for t in ctx) for ctx, _ in requests]
+        rows, widths, places = _packed_rows(inputs, keys, max_length, int(pad_multiple))
+    else:
+        rows, widths, row_of = _host_rows(inputs, max_length, int(pad_multiple))
+        places = [(k, len(rows[k]), 0) for k in row_of]   # causal rows: positions map 1:1
     by_row = [[] for _ in rows]
-    for r, k in enumerate(row_of):
+    for r, (k, _, _) in enumerate(places):
         by_row[k].append(r)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
 
@@ -232,13 +353,21 @@ def loglikelihood_tokens(model, requests, batch_size=16, max_length=None, stats=
     results = [None] * len(requests)
     for start, stop in batches:
         batch = rows[start:stop]
-        tokens = np.zeros((len(batch), widths[start]), dtype=np.int64)
-        for b, row in enumerate(batch):
-            tokens[b, :len(row)] = row
+        width = widths[start]
+        if pack:
+            arrays = [_row_arrays(row, width) for row in batch]
+            tokens = np.stack([a[0] for a in arrays])
+            extra = dict(position_ids=np.stack([a[1] for a in arrays]),
+                         attention_mask=np.stack([a[2] for a in arrays]))
+        else:
+            tokens = np.zeros((len(batch), width), dtype=np.int64)
+            for b, row in enumerate(batch):
+                tokens[b, :len(row)] = row
+            extra = {}
         if vocab is not None and tokens.size and int(tokens.max()) >= vocab:
             raise ValueError(f"token id {int(tokens.max())} >= the model's vocab_size={vocab}: "
                              "tokenizer and model do not match")
-        logits, _ = model.forward(tokens)
+        logits, _ = model.forward(tokens, **extra)
         logits = np.asarray(logits)
         if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
             raise ValueError(f"model.forward returned logits of shape {logits.shape}, "
@@ -249,9 +378,12 @@ def loglikelihood_tokens(model, requests, batch_size=16, max_length=None, stats=
         for b in range(len(batch)):
             for r in by_row[start + b]:
                 L, C = len(inputs[r]), n_cont[r]
+                _, plen, off = places[r]
                 spans.append((r, len(targets), len(targets) + C))
                 b_idx += [b] * C
-                t_idx += range(L - C, L)  # logits at position t predict token t+1
+                # logits at input position t predict token t+1; in a packed row the
+                # input's positions past the shared prefix live at its suffix's offset
+                t_idx += [t if t < plen else off + t - plen for t in range(L - C, L)]
                 targets += [int(t) for t in requests[r][1]]
         logprob, greedy = _continuation_logprobs(logits, np.asarray(b_idx), np.asarray(t_idx),
                                                  np.asarray(targets))
