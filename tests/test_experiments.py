@@ -187,6 +187,35 @@ def test_demo_rerun_skips_finished_runs_and_uses_the_cache(quick_demo, cache_dir
         demo.run_demo(out, quick=True, cache_dir=cache_dir, only="R9", log=lines.append)
 
 
+def test_demo_stages_in_parallel_processes_give_identical_results(quick_demo, cache_dir,
+                                                                   tmp_path):
+    """--jobs 2 runs stages in two spawned processes with one thread each: the same bits as
+    the fixture's one process with all threads (losses, scales, every log-likelihood)."""
+    out, _ = quick_demo
+    par = str(tmp_path / "par")
+    lines = []
+    demo.run_demo(par, quick=True, cache_dir=cache_dir, progress=False, plots=False,
+                  only=["R1", "R2", "P1"], jobs=2, log=lines.append)
+    assert any("stages at a time" in line for line in lines)
+    for name in ("R1-final", "R2-most-recent", "P1-ptq-hif8"):
+        mine = _read_json(os.path.join(par, name, "eval.json"))["tasks"]
+        ref = _read_json(os.path.join(out, name, "eval.json"))["tasks"]
+        assert {t: mine[t]["items"]["lls"] for t in TASKS} == \
+            {t: ref[t]["items"]["lls"] for t in TASKS}
+        if name[0] == "R":
+            strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_time_s")}
+                                  for r in rows]
+            assert strip(_read_log(os.path.join(par, name))) == \
+                strip(_read_log(os.path.join(out, name)))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--jobs", "0"], "--jobs"), (["--jobs", "x"], "--jobs")])
+def test_demo_bad_jobs_exit_2(argv, needle, capsys):
+    assert demo.main_demo(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
 def test_eval_cli_scores_a_run_directory_like_the_demo(quick_demo, tmp_path, capsys):
     out, saved = quick_demo
     dest = str(tmp_path / "r1.json")

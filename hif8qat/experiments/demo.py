@@ -407,7 +407,7 @@ def _check_same_config(run_dir, config):
 def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
              world_seed: int = 0, cache_dir: Optional[str] = None, progress: bool = True,
              plots: bool = True, settings: Optional[DemoSettings] = None,
-             only=None, log=print) -> "rep.ReportTable":
+             only=None, jobs=1, log=print) -> "rep.ReportTable":
     """Run the demo (see the module docstring) into ``out_dir``; return the table.
 
     ``quick``: the tiny world and model (seconds). ``seed``: the fine-tuning runs' seed
@@ -415,13 +415,16 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
     Runs already finished in ``out_dir`` are skipped, so an interrupted demo resumes.
     ``only``: names (or name prefixes such as "R1", "P0") of the stages to run; the
     table then shows what ``out_dir`` holds (e.g. stages run in separate processes).
+    ``jobs``: stages run at once, each in its own process with an equal share of the
+    threads (``"auto"``: one per core). The results are the same for any ``jobs``:
+    every stage's numerics are independent of its thread count.
 
     Example::
 
         table = run_demo("runs/demo-quick", quick=True)
         table["R1-final"]["drop_world_knowledge"]
     """
-    from hif8qat.world import finetune_data, world_dir
+    from hif8qat.world import world_dir
 
     s = settings or (QUICK if quick else FULL)
     if not isinstance(seed, int) or seed < 0 or not isinstance(world_seed, int) or world_seed < 0:
@@ -456,22 +459,21 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
     log(f"  pretrained model: {pre['model_dir']} ({'cached' if pre['cached'] else 'trained'}"
         f", final loss {pre['final_loss']:.4f}, {time.perf_counter() - t0:.0f} s)")
 
-    log("[2/4] post-training evaluation: BF16 and calibrated HiF8 without training")
-    _post_training_evals(s, world_seed, pre, out_dir, progress, log, only)
-
-    log("[3/4] five matched fine-tuning runs on the fine-tuning corpus")
-    tasks = _tasks(s, world_seed)
-    data = finetune_data(world_seed, s.world_size)
-    for spec in specs:
-        if only is not None and spec.name not in only:
-            continue
-        cfg = finetune_config(s, spec, pre["model_dir"], data, os.path.join(out_dir, spec.name),
-                              seed=seed, progress=progress)
-        log(f"  {spec.label}: {spec.description}")
-        train_and_evaluate(cfg, tasks, _eval_kwargs(s), progress=progress, log=log,
-                           meta={"name": spec.name, "label": spec.label,
-                                 "description": spec.description,
-                                 **({"reference": spec.reference} if spec.reference else {})})
+    stages = [n for n in names if only is None or n in only]
+    jobs = _resolve_jobs(jobs, len(stages))
+    if jobs > 1:
+        log(f"[2-3/4] post-training evaluation and five matched fine-tuning runs, "
+            f"{jobs} stages at a time")
+        _run_stages_parallel(s, stages, out_dir, seed, world_seed, pre, jobs, progress, log)
+    else:
+        log("[2/4] post-training evaluation: BF16 and calibrated HiF8 without training")
+        for name in stages:
+            if name[0] == "P":
+                _run_stage(s, name, out_dir, seed, world_seed, pre, progress, log)
+        log("[3/4] five matched fine-tuning runs on the fine-tuning corpus")
+        for name in stages:
+            if name[0] == "R":
+                _run_stage(s, name, out_dir, seed, world_seed, pre, progress, log)
 
     log("[4/4] comparison table")
     wall = time.perf_counter() - t_start
@@ -489,6 +491,81 @@ def run_demo(out_dir: str = "runs/demo", quick: bool = False, seed: int = 0,
     table.wall_time_s = wall
     table.out_dir = out_dir
     return table
+
+
+def _run_stage(s, name, out_dir, seed, world_seed, pre, progress, log):
+    """One stage: P0/P1 (post-training evaluations) or a fine-tuning run R0..R4."""
+    from hif8qat.world import finetune_data
+
+    if name.startswith("P"):
+        _post_training_evals(s, world_seed, pre, out_dir, progress, log, only={name})
+        return
+    spec = next(r for r in run_specs(s) if r.name == name)
+    cfg = finetune_config(s, spec, pre["model_dir"], finetune_data(world_seed, s.world_size),
+                          os.path.join(out_dir, spec.name), seed=seed, progress=progress)
+    log(f"  {spec.label}: {spec.description}")
+    train_and_evaluate(cfg, _tasks(s, world_seed), _eval_kwargs(s), progress=progress,
+                       log=log, meta={"name": spec.name, "label": spec.label,
+                                      "description": spec.description,
+                                      **({"reference": spec.reference}
+                                         if spec.reference else {})})
+
+
+def _resolve_jobs(jobs, n_stages) -> int:
+    """``jobs`` as a count: "auto" is one stage per core (threads split evenly), which
+    beats threading inside one stage for a model this small."""
+    if jobs == "auto":
+        jobs = os.cpu_count() or 1
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer or 'auto', got {jobs!r}")
+    return max(1, min(jobs, n_stages))
+
+
+def _stage_worker(args):
+    """Child process: run one stage with ``threads`` threads, return its log lines."""
+    s, name, out_dir, seed, world_seed, pre, threads = args
+    import hif8qat as hq
+    hq.set_num_threads(threads)
+    lines = []
+    t0 = time.perf_counter()
+    _run_stage(s, name, out_dir, seed, world_seed, pre, False, lines.append)
+    lines.append(f"  {name}: finished in {time.perf_counter() - t0:.0f} s")
+    return lines
+
+
+def _run_stages_parallel(s, stages, out_dir, seed, world_seed, pre, jobs, progress, log):
+    """Stages in ``jobs`` spawned processes (not forked: the parent's OpenMP runtime is
+    not fork-safe), longest first: the fine-tuning runs, then the evaluations."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from hif8qat.format import get_num_threads
+
+    threads = max(1, get_num_threads() // jobs)
+    order = sorted(stages, key=lambda n: (n[0] != "R", n))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(order), desc="stages", unit="stage")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_stage_worker, (s, n, out_dir, seed, world_seed, pre, threads)):
+                   n for n in order}
+        try:
+            for fut in cf.as_completed(futures):
+                lines = fut.result()
+                if bar is not None:
+                    bar.clear()
+                for line in lines:
+                    log(line)
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def write_run_reports(table) -> None:
@@ -520,6 +597,9 @@ def main_demo(argv=None) -> int:
                              "or ~/.cache/hif8qat)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    parser.add_argument("--jobs", default=None, metavar="N",
+                        help="stages run at once, one process each (default: one per core "
+                             "for the full demo, 1 with --quick); results do not depend on it")
     parser.add_argument("--only", default=None, metavar="STAGES",
                         help="comma-separated stages to run (P0,P1,R0..R4); the table "
                              "shows every stage the output folder holds")
@@ -529,13 +609,19 @@ def main_demo(argv=None) -> int:
         return int(e.code or 0)
     if args.seed < 0 or args.world_seed < 0:
         return rep._usage_error("demo", "--seed and --world-seed must be >= 0")
+    jobs = args.jobs or ("1" if args.quick else "auto")
+    if jobs != "auto":
+        if not jobs.isdigit() or int(jobs) < 1:
+            return rep._usage_error("demo", f"--jobs must be a positive integer or 'auto', "
+                                            f"got {args.jobs!r}")
+        jobs = int(jobs)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     try:
         if args.cache_dir:
             os.environ["HIF8QAT_CACHE"] = args.cache_dir   # the world's cache too
         table = run_demo(out, quick=args.quick, seed=args.seed, world_seed=args.world_seed,
                          cache_dir=args.cache_dir, progress=not args.no_progress,
-                         plots=not args.no_plots, only=args.only)
+                         plots=not args.no_plots, only=args.only, jobs=jobs)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         return rep._usage_error("demo", e)
     print()
