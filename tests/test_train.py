@@ -59,6 +59,7 @@ def test_config_defaults_validate_and_phase_schedule(tmp_path):
     ("grad_accum_steps", 3, ValueError, "grad_accum_steps"),
     ("lr_schedule", "linear", ValueError, "lr_schedule"),
     ("grad_rounding", "up", ValueError, "grad_rounding"),
+    ("quantize_grads", 1, TypeError, "quantize_grads"),
     ("keep_checkpoints", 0, ValueError, "keep_checkpoints"),
     ("min_lr", 1.0, ValueError, "min_lr"),
     ("progress", "yes", TypeError, "progress"),
@@ -445,6 +446,21 @@ def test_warmup_steps_run_in_bf16_with_scalers_calibrating(tmp_path):
     assert "scalers" not in read_log(base.run_dir)[0]             # a baseline has none
 
 
+def test_quantize_grads_adds_grad_output_scalers_with_the_grad_recipe(tmp_path):
+    t = Trainer(tiny_config(tmp_path, quantize_grads=True, grad_rounding="stochastic", seed=3,
+                            grad=dict(window=16, margin=1.0, clip=False)))
+    grads = [s for s in t.model.scalers if s.name.endswith(".grad_output")]
+    assert len(grads) == 7 * TINY["num_hidden_layers"] == len(t.model.scalers) // 3
+    for sc in grads:
+        assert (sc.fmax, sc.window, sc.algo, sc.margin, sc.clip) == (224.0, 16, "max", 1.0,
+                                                                     False)
+    assert t.model.grad_quantization["rounding"] == "stochastic"
+    assert t.model.grad_quantization["seed"] == 3
+    t.step()
+    t.step()
+    assert t.model.grad_step == 1           # the trainer sets the step the seeds derive from
+
+
 def test_dts_recipes_reach_weight_and_activation_scalers(tmp_path):
     t = Trainer(tiny_config(tmp_path, weight=dict(window=8, margin=1.0),
                             activation=dict(algo="most_recent", clip=False, ste="identity")))
@@ -708,8 +724,8 @@ def test_eval_hooks_run_periodically_without_changing_training(tmp_path):
 def test_bad_runs_are_rejected_before_any_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="TrainConfig.data"):
         Trainer(tiny_config(tmp_path, data=str(tmp_path / "nope.txt")))
-    with pytest.raises(ValueError, match="quantize_grads"):
-        Trainer(tiny_config(tmp_path, quantize_grads=True))
+    with pytest.raises(ValueError, match="TrainConfig.grad.fmax"):
+        Trainer(tiny_config(tmp_path, quantize_grads=True, grad=dict(fmax=-224.0)))
     with pytest.raises(ValueError, match="vocab_size"):
         Trainer(tiny_config(tmp_path, model_config=dict(TINY, vocab_size=100)))
     with pytest.raises(ValueError, match="model_config"):

@@ -375,11 +375,15 @@ class LlamaModel:
         self.precision = precision
 
     def scaler_names(self):
-        """Names of the DelayedScalers, in layer order: "<module>.weight", "<module>.input"."""
+        """Names of the DelayedScalers, in layer order: "<module>.weight", "<module>.input"
+        (and "<module>.grad_output" when output-gradient quantization is configured)."""
+        grads = self._grad_quant is not None
         names = []
         for i in range(self.config.num_hidden_layers):
             for proj in PROJECTIONS:
                 names += [f"model.layers.{i}.{proj}.weight", f"model.layers.{i}.{proj}.input"]
+                if grads:
+                    names.append(f"model.layers.{i}.{proj}.grad_output")
         return names
 
     def reset_scalers(self, **recipe) -> None:
@@ -402,6 +406,9 @@ class LlamaModel:
         weight, activation = dict(weight or {}), dict(activation or {})
         group = ScalerGroup()
         for name in self.scaler_names():
+            if name.endswith(".grad_output"):   # configure_grad_quantization's recipe
+                group.add(DelayedScaler(name=name, **self._grad_quant["recipe"]))
+                continue
             group.add(DelayedScaler(name=name, **(weight if name.endswith(".weight")
                                                   else activation)))
         self._scalers = group
@@ -413,6 +420,88 @@ class LlamaModel:
         if self._scalers is None:
             self.configure_scalers()
         return self._scalers
+
+    # ------------------------------------------------------------------ gradient quantization
+    _grad_quant = None      # configure_grad_quantization's settings (None: dY stays bf16)
+    _grad_step = 0          # the optimizer step the stochastic-rounding seeds derive from
+    _grad_uses = None       # {module: dY casts since grad_step was set} (micro-batches)
+
+    def configure_grad_quantization(self, enabled: bool = True, fmax: float = 224.0,
+                                    window: int = 64, algo: str = "max", margin: float = 0.0,
+                                    clip: bool = True, rounding: str = "nearest",
+                                    seed: int = 0) -> None:
+        """Also quantize every projection's output gradient dY to HiF8 in hif8 precision.
+
+        Adds one fresh DelayedScaler "<module>.grad_output" per projection (recipe
+        fmax/window/algo/margin/clip; fmax 224 maps the amax to the top of HiF8's 2-bit
+        band, leaving headroom up to 32768) to ``scalers``; the weight and input scalers
+        are kept as they are. In hif8 precision the backward then runs dX = Ĝ·Ŵ and
+        dW = Ĝᵀ·X̂ on codes; while ``calibrating`` (bf16/fp32) the scalers observe dY.
+        ``rounding`` "nearest" | "stochastic": stochastic seeds are a hash of (``seed``,
+        ``grad_step``, tensor index, micro-batch), see linear.grad_cast_seed, so they do
+        not depend on thread counts and a resumed run draws the same bits.
+        ``enabled=False`` removes the gradient scalers again.
+
+        Example::
+
+            model.configure_grad_quantization(rounding="stochastic", seed=1)
+            model.grad_step = step          # once per optimizer step (the trainer does)
+        """
+        from hif8qat.scaling import DelayedScaler, ScalerGroup, _check_recipe, _check_seed
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+        if rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+        _check_recipe(window, algo, fmax, margin, clip, "identity")
+        seed = _check_seed(seed)
+        group = self.scalers                  # the weight/input scalers, kept
+        recipe = dict(window=int(window), algo=algo, fmax=float(fmax), margin=float(margin),
+                      clip=bool(clip), ste="identity")   # no STE: dY is not a forward value
+        self._grad_quant = (dict(recipe=recipe, rounding=rounding, seed=seed,
+                                 index={n[:-len(".weight")]: i for i, n in enumerate(
+                                     n for n in self.scaler_names() if n.endswith(".weight"))})
+                            if enabled else None)
+        new = ScalerGroup()
+        for name in self.scaler_names():
+            new.add(DelayedScaler(name=name, **recipe) if name.endswith(".grad_output")
+                    else group[name])
+        self._scalers = new
+        self.grad_step = 0
+
+    @property
+    def grad_quantization(self) -> Optional[dict]:
+        """The gradient-quantization settings (recipe, rounding, seed), or None when off."""
+        gq = self._grad_quant
+        return None if gq is None else dict(recipe=dict(gq["recipe"]), rounding=gq["rounding"],
+                                            seed=gq["seed"])
+
+    @property
+    def grad_step(self) -> int:
+        """The optimizer step that stochastic gradient rounding derives its seeds from;
+        setting it (once per step, before the micro-batches) restarts the micro-batch
+        count."""
+        return self._grad_step
+
+    @grad_step.setter
+    def grad_step(self, step: int) -> None:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"grad_step must be an integer >= 0, got {step!r}")
+        self._grad_step = int(step)
+        self._grad_uses = {}
+
+    def _grad_cast(self, module: str) -> dict:
+        """linear_backward's gradient-cast arguments for one use of ``module``."""
+        gq = self._grad_quant
+        if gq is None or gq["rounding"] == "nearest":
+            return {}
+        if self._grad_uses is None:
+            self._grad_uses = {}
+        use = self._grad_uses.get(module, 0)
+        self._grad_uses[module] = use + 1
+        from .linear import grad_cast_seed
+        return dict(grad_rounding="stochastic",
+                    grad_seed=grad_cast_seed(gq["seed"], self._grad_step, gq["index"][module],
+                                             use))
 
     # ------------------------------------------------------------------ forward
     def _rope(self, T):
@@ -514,12 +603,17 @@ class LlamaModel:
         else:
             bias = self._mask_bias(attention_mask, (B, T), R)
 
+        grad_quant = keep and self._grad_quant is not None
+
         def lin(x, module):
             b = P.get(module + ".bias")
             w_s = sc[module + ".weight"] if need_scalers else None
             x_s = sc[module + ".input"] if need_scalers else None
+            # dY's scaler (configure_grad_quantization): cast or observed in backward
+            g_s = sc[module + ".grad_output"] if need_scalers and grad_quant else None
             return linear_forward(x, P[module + ".weight"], b, precision=prec,
-                                  w_scaler=w_s, x_scaler=x_s, calibrating=calib, sequences=B)
+                                  w_scaler=w_s, x_scaler=x_s, calibrating=calib, sequences=B,
+                                  g_scaler=g_s)
 
         x = embedding_forward(P["model.embed_tokens.weight"], tokens).reshape(N, C)
         layers = []
@@ -613,7 +707,8 @@ class LlamaModel:
         def lin_back(dy, cache, module):
             # each projection is used once per forward: overwrite unless accumulating
             return linear_backward(dy, cache, G[module + ".weight"], G.get(module + ".bias"),
-                                   accumulate=accumulate)
+                                   accumulate=accumulate,
+                                   **(self._grad_cast(module) if cache.g_scaler else {}))
 
         # logits = xf · W_headᵀ
         dlogits = cross_entropy_backward(acts.pop("logits"), acts["lse"], acts["targets"],

@@ -144,8 +144,8 @@ class TrainConfig:
     weight: ScalingRecipe = field(default_factory=ScalingRecipe)
     activation: ScalingRecipe = field(default_factory=ScalingRecipe)
     grad: ScalingRecipe = field(default_factory=_grad_recipe)
-    quantize_grads: bool = False          # also cast output gradients (needs model support)
-    grad_rounding: str = "nearest"        # "nearest" | "stochastic" for gradient casts
+    quantize_grads: bool = False          # hif8 runs: also cast output gradients dY (recipe `grad`)
+    grad_rounding: str = "nearest"        # "nearest" | "stochastic" (seeds from seed, step, tensor)
     # -- checkpoints, evaluation, reporting ------------------------------------------
     checkpoint_every: int = 0             # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2             # newest checkpoints kept on disk

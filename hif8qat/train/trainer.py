@@ -5,6 +5,7 @@ One optimizer step, top to bottom (``Trainer.step``)::
     phase = config.phase_at(step)          # "bf16_warmup" | "qat" | "bf16" | "fp32"
     model.set_precision(...)               # the phase switch changes precision only
     lr = lr_at(step, ...)                  # one schedule for the whole run
+    model.grad_step = step                 # quantize_grads: stochastic-rounding seeds
     inputs, targets = data.next_batch()    # batch k depends on (seed, k) only
     with weight_noise(model, winq_noise_std, rng):   # WinQ: gradient at w + eps (opt-in)
         for each micro-batch i:            # weight_i = its share of the step's targets
@@ -26,7 +27,8 @@ Each log line: ``step`` (1-based count of steps done), ``phase``, ``lr``, ``loss
 (token-weighted mean over the step's micro-batches), ``grad_norm`` (before
 clipping), ``tokens`` (non-ignored targets), ``saturated`` (scalers with a clipped
 element this step), ``scalers`` ({name: {amax, scale, headroom,
-clipped_fraction}}, where ``scale`` is the one the step used; absent in baselines),
+clipped_fraction}}, where ``scale`` is the one the step used; absent in baselines;
+with quantize_grads the "<module>.grad_output" scalers of the output gradients too),
 ``eval`` (hook results, on the steps the hooks ran), ``winq_reset`` (on reset steps:
 moved_rms, tensors), ``hessian`` (on probe steps: top, bottom, near_zero_fraction,
 negative_fraction, positive_fraction, n_negative_ritz, delta; the whole spectrum goes to
@@ -119,10 +121,6 @@ class Trainer:
 
         # ---- every check before any work --------------------------------------------
         from hif8qat.model import LlamaConfig, LlamaModel, load_model
-        if cfg.quantize_grads and not hasattr(LlamaModel, "configure_grad_quantization"):
-            raise ValueError("TrainConfig.quantize_grads = true, but this model does not "
-                             "quantize output gradients (LlamaModel has no "
-                             "configure_grad_quantization); set quantize_grads = false")
         if not os.path.isfile(cfg.data):
             raise FileNotFoundError(f"TrainConfig.data: file not found: {cfg.data}")
         if _resume is None:
@@ -162,6 +160,9 @@ class Trainer:
             raise ValueError(f"TrainConfig.seq_len ({cfg.seq_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
         self.uses_scalers = cfg.precision == "hif8"
+        # output gradients are cast in hif8 runs only (a bf16/fp32 baseline sharing the
+        # QAT run's config ignores quantize_grads, as it ignores bf16_warmup_steps)
+        self.quantizes_grads = self.uses_scalers and cfg.quantize_grads
         if self.uses_scalers:
             _configure_scalers(self.model, cfg)
         decay_mask = (matrix_decay_mask(self.model.params_flat, self.model.param_views)
@@ -225,6 +226,8 @@ class Trainer:
                    warmup_steps=cfg.lr_warmup_steps, min_lr=cfg.min_lr)
         t0 = time.perf_counter()
 
+        if self.quantizes_grads:
+            model.grad_step = s      # stochastic gradient rounding: seeds from (seed, s, tensor)
         inputs, targets = self.data.next_batch()                      # (B, T) each
         n_targets = int((targets != IGNORE_INDEX).sum())
         if n_targets == 0:
@@ -609,7 +612,8 @@ def train(config, eval_hooks=None, *, resume: bool = False) -> str:
 # ---------------------------------------------------------------------- helpers
 def _configure_scalers(model, cfg: TrainConfig) -> None:
     """Give every weight scaler cfg.weight's recipe and every input scaler
-    cfg.activation's."""
+    cfg.activation's; with quantize_grads, add the "<module>.grad_output" scalers with
+    cfg.grad's recipe (its ``ste`` does not apply: dY is not a forward value)."""
     w, a = cfg.weight.as_dict(), cfg.activation.as_dict()
     if hasattr(model, "configure_scalers"):
         model.configure_scalers(weight=w, activation=a)
@@ -622,6 +626,11 @@ def _configure_scalers(model, cfg: TrainConfig) -> None:
         for name in model.scaler_names():
             group.add(DelayedScaler(name=name, **(w if name.endswith(".weight") else a)))
         model._scalers = group
+    if cfg.quantize_grads:
+        g = cfg.grad
+        model.configure_grad_quantization(enabled=True, fmax=g.fmax, window=g.window,
+                                          algo=g.algo, margin=g.margin, clip=g.clip,
+                                          rounding=cfg.grad_rounding, seed=cfg.seed)
 
 
 def _normalise_hooks(hooks) -> dict:
