@@ -14,7 +14,10 @@ int hq_check_positive_finite(const char *name, double v) {
     return 0;
 }
 
-static PyMethodDef *const tables[] = {hq_codec_methods, hq_scaling_methods, hq_gemm_methods};
+extern PyMethodDef hq_ops_methods[]; /* py_ops.c: fused RMSNorm / RoPE */
+
+static PyMethodDef *const tables[] = {hq_codec_methods, hq_scaling_methods, hq_gemm_methods,
+                                      hq_ops_methods};
 #define MAX_METHODS 128
 static PyMethodDef all_methods[MAX_METHODS];
 

@@ -34,11 +34,32 @@ import numpy as np
 from .blas import deterministic_blas
 from .config import LlamaConfig
 from .linear import PRECISIONS, linear_backward, linear_forward
+from .pieces import row_blocks, run_pieces
+
+try:                    # the fused RMSNorm / RoPE kernels of the C extension (csrc/ops.c)
+    from hif8qat import _C as _ops
+    if not hasattr(_ops, "rope"):
+        _ops = None
+except ImportError:     # extension not built: the NumPy paths below
+    _ops = None
 
 IGNORE_INDEX = -100
 INFERENCE_SCORE_BYTES = 256 << 20   # attention score buffer bound when no backward follows
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _fused(*arrays):
+    """True when ops.c's fused float32 kernels can take these arrays as they are
+    (C-contiguous float32; float64 models, e.g. gradient checks, stay on NumPy)."""
+    return _ops is not None and all(a.dtype == np.float32 and a.flags.c_contiguous
+                                    for a in arrays)
+
+
+def _run_rows(fn, n_rows, row_elems):
+    """fn(r0, r1) over the row blocks of pieces.row_blocks, on the thread pool."""
+    blocks = row_blocks(n_rows, row_elems)
+    run_pieces(lambda i: fn(*blocks[i]), len(blocks))
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -59,6 +80,8 @@ def rmsnorm_forward(x, weight, eps):
 
     out = x / sqrt(mean(x²) + eps) * weight, computed in x's dtype (fp32 or fp64).
     """
+    if _fused(x, weight):                            # one pass in C (ops.c), OpenMP rows
+        return _ops.rmsnorm_forward(x, weight, eps)
     ms = np.einsum("nc,nc->n", x, x)[:, None]        # sum of squares without an (N, C) temp
     ms /= x.shape[-1]
     ms += eps
@@ -70,6 +93,8 @@ def rmsnorm_forward(x, weight, eps):
 
 def rmsnorm_backward(dout, x, weight, rstd, dweight, accumulate=False):
     """dout (N, C) -> dx (N, C); dweight (C,) written or accumulated in place."""
+    if _fused(dout, x, weight, rstd, dweight):
+        return _ops.rmsnorm_backward(dout, x, weight, rstd, dweight, bool(accumulate))
     xhat = x * rstd                                  # out = xhat * weight
     dw = np.einsum("nc,nc->c", dout, xhat)
     if accumulate:
@@ -101,6 +126,8 @@ def rope_forward(x, cos, sin):
 
     out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] with x = [x1, x2].
     """
+    if x.dtype == np.float32 and x.ndim == 4 and _fused(cos, sin):
+        return _ops.rope(np.ascontiguousarray(x), cos, sin, -1)   # one pass in C (ops.c)
     h = x.shape[-1] // 2
     c, s = cos[..., None, :], sin[..., None, :]      # (.., T, 1, D/2) broadcast over heads
     x1, x2 = x[..., :h], x[..., h:]
@@ -112,6 +139,8 @@ def rope_forward(x, cos, sin):
 
 def rope_backward(dout, cos, sin):
     """dout (B, T, nh, D) -> dx (B, T, nh, D); the rotation's transpose."""
+    if dout.dtype == np.float32 and dout.ndim == 4 and _fused(cos, sin):
+        return _ops.rope(np.ascontiguousarray(dout), cos, sin, +1)
     h = dout.shape[-1] // 2
     c, s = cos[..., None, :], sin[..., None, :]
     d1, d2 = dout[..., :h], dout[..., h:]
@@ -136,66 +165,110 @@ def attention_forward(q, k, v, bias):
     """Causal grouped-query attention with the softmax in the model's dtype (fp32/fp64).
 
     q is (B, KV, R*T, D): the R query heads of each key/value head stacked along rows;
-    k, v are (B, KV, T, D); bias is (R*T, T) from ``causal_bias``.
+    k, v are (B, KV, T, D); bias broadcasts to (B, KV, R*T, T): (R*T, T) from
+    ``causal_bias``, or per row (B, 1, R*T, T) for packed rows with their own masks.
     -> out (B, KV, R*T, D), probs (B, KV, R*T, T).
     Stacking the R query heads makes one (R*T, D)·(D, T) matmul per key/value head, and
     the backward's sums over the R heads sharing k, v come out of the matmuls for free.
+    The (b, kv-head, query-head) pieces run on a thread pool (pieces.py): each is
+    computed by one thread with the same code, so no bit depends on the pool size, and a
+    piece's (T, T) scores stay in L2 through the softmax.
     """
-    scores = np.matmul(q, k.swapaxes(-1, -2))        # (B, KV, R*T, T)
-    scores *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    scores += bias
-    # numerically stable softmax, in place: subtract the row max (finite: the diagonal)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
-    probs = scores
-    return np.matmul(probs, v), probs
+    B, KV, RT, D = q.shape
+    T = k.shape[2]
+    R = RT // T
+    scale = q.dtype.type(1.0 / math.sqrt(D))
+    bias = np.broadcast_to(bias, (B, KV, RT, T))
+    probs = np.empty((B, KV, RT, T), dtype=q.dtype)
+    out = np.empty((B, KV, RT, D), dtype=q.dtype)
+
+    def piece(i):
+        b, rest = divmod(i, KV * R)
+        h, r = divmod(rest, R)
+        rows = slice(r * T, (r + 1) * T)
+        s = probs[b, h, rows]                        # (T, T) scores, then probabilities
+        np.matmul(q[b, h, rows], k[b, h].T, out=s)
+        s *= scale
+        s += bias[b, h, rows]
+        # numerically stable softmax, in place: subtract the row max (finite: the diagonal)
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s *= 1.0 / s.sum(axis=-1, keepdims=True)
+        np.matmul(s, v[b, h], out=out[b, h, rows])
+
+    run_pieces(piece, B * KV * R)
+    return out, probs
 
 
 def attention_backward(dout, q, k, v, probs):
-    """dout (B, KV, R*T, D) -> dq (B, KV, R*T, D), dk, dv (B, KV, T, D)."""
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    dv = np.matmul(probs.swapaxes(-1, -2), dout)     # out = P · v
-    dp = np.matmul(dout, v.swapaxes(-1, -2))
-    # P = softmax(S):  dS = P * (dP - rowsum(dP * P))
-    rowdot = np.einsum("bkij,bkij->bki", dp, probs)[..., None]
-    dp -= rowdot
-    dp *= probs
-    # S = q·kᵀ * scale; the scale goes on the (R*T, D) and (T, D) results, not on dS
-    dq = np.matmul(dp, k)
-    dq *= scale
-    dk = np.matmul(dp.swapaxes(-1, -2), q)
-    dk *= scale
+    """dout (B, KV, R*T, D) -> dq (B, KV, R*T, D), dk, dv (B, KV, T, D).
+
+    One piece per (b, kv-head) on the thread pool, as in attention_forward.
+    """
+    B, KV, RT, D = q.shape
+    scale = q.dtype.type(1.0 / math.sqrt(D))
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+
+    def piece(i):
+        b, h = divmod(i, KV)
+        p, do = probs[b, h], dout[b, h]
+        np.matmul(p.T, do, out=dv[b, h])             # out = P · v
+        dp = np.matmul(do, v[b, h].T)                # (R*T, T)
+        # P = softmax(S):  dS = P * (dP - rowsum(dP * P))
+        dp -= np.einsum("ij,ij->i", dp, p)[:, None]
+        dp *= p
+        # S = q·kᵀ * scale; the scale goes on the (R*T, D) and (T, D) results, not on dS
+        np.matmul(dp, k[b, h], out=dq[b, h])
+        dq[b, h] *= scale
+        np.matmul(dp.T, q[b, h], out=dk[b, h])
+        dk[b, h] *= scale
+
+    run_pieces(piece, B * KV)
     return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------- SwiGLU
 def swiglu_forward(g, u):
-    """g, u are (N, I) (gate and up projections) -> h = silu(g) * u, (N, I)."""
-    with np.errstate(over="ignore"):                 # exp(-g) = inf for g << 0: silu -> -0
-        h = np.negative(g)
-        np.exp(h, out=h)
-        h += 1.0
-        np.divide(g, h, out=h)                       # silu(g) = g / (1 + exp(-g))
-    h *= u
+    """g, u are (N, I) (gate and up projections) -> h = silu(g) * u, (N, I).
+
+    Row blocks of about 1 MiB run on the thread pool, each pass staying in cache.
+    """
+    h = np.empty_like(g)
+
+    def piece(r0, r1):
+        hb = h[r0:r1]
+        with np.errstate(over="ignore"):             # exp(-g) = inf for g << 0: silu -> -0
+            np.negative(g[r0:r1], out=hb)
+            np.exp(hb, out=hb)
+            hb += 1.0
+            np.divide(g[r0:r1], hb, out=hb)          # silu(g) = g / (1 + exp(-g))
+        hb *= u[r0:r1]
+
+    _run_rows(piece, g.shape[0], g.shape[-1])
     return h
 
 
 def swiglu_backward(dh, g, u):
-    """dh (N, I) -> dg, du (N, I)."""
-    with np.errstate(over="ignore"):
-        sig = np.negative(g)
-        np.exp(sig, out=sig)
-        sig += 1.0
-        np.reciprocal(sig, out=sig)                  # sigmoid(g), recomputed (saves memory)
-    silu = g * sig
-    du = dh * silu                                   # h = silu(g) * u
-    # d silu(g)/dg = sig * (1 + g * (1 - sig)) = sig + silu * (1 - sig)
-    dg = np.subtract(1.0, sig, dtype=sig.dtype)
-    dg *= silu
-    dg += sig
-    dg *= dh
-    dg *= u
+    """dh (N, I) -> dg, du (N, I). Row blocks on the thread pool, as the forward."""
+    dg, du = np.empty_like(g), np.empty_like(g)
+
+    def piece(r0, r1):
+        gb, dhb, dgb = g[r0:r1], dh[r0:r1], dg[r0:r1]
+        with np.errstate(over="ignore"):
+            sig = np.negative(gb)
+            np.exp(sig, out=sig)
+            sig += 1.0
+            np.reciprocal(sig, out=sig)              # sigmoid(g), recomputed (saves memory)
+        silu = gb * sig
+        np.multiply(dhb, silu, out=du[r0:r1])        # h = silu(g) * u
+        # d silu(g)/dg = sig * (1 + g * (1 - sig)) = sig + silu * (1 - sig)
+        np.subtract(1.0, sig, out=dgb)
+        dgb *= silu
+        dgb += sig
+        dgb *= dhb
+        dgb *= u[r0:r1]
+
+    _run_rows(piece, g.shape[0], g.shape[-1])
     return dg, du
 
 
