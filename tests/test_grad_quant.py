@@ -400,3 +400,20 @@ def test_quantize_grads_off_leaves_runs_and_checkpoints_unchanged(tmp_path):
     b = Trainer(tiny_train_config(tmp_path, steps=2, precision="bf16",
                                   run_dir=str(tmp_path / "b")))
     assert "scalers" not in b.step()
+
+
+def test_a_trained_models_scalers_rebuild_from_config_and_checkpoint(tmp_path):
+    """What an evaluation needs: the same scaler group (grad scalers included) rebuilt
+    from the run's config, loading the checkpoint's states strictly."""
+    from hif8qat.train.trainer import configure_model_scalers
+    run = train(tiny_train_config(tmp_path, steps=3, bf16_warmup_steps=1,
+                                  grad=dict(window=5)))
+    state = ckpt.load_training_checkpoint(ckpt.latest_checkpoint(os.path.join(run,
+                                                                              "checkpoints")))
+    model = hq.load_model(state["model_dir"])
+    config = TrainConfig.from_toml(os.path.join(run, "config.toml"))
+    configure_model_scalers(model, config)
+    model.scalers.load_state_dict(state["scalers"])              # strict: names match
+    g = model.scalers["model.layers.1.self_attn.v_proj.grad_output"]
+    assert g.window == 5 and g.n_valid == 3
+    assert g.history.tolist() == list(state["scalers"][g.name]["history"])

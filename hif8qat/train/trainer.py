@@ -55,7 +55,7 @@ import math
 import os
 import re
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -164,7 +164,7 @@ class Trainer:
         # QAT run's config ignores quantize_grads, as it ignores bf16_warmup_steps)
         self.quantizes_grads = self.uses_scalers and cfg.quantize_grads
         if self.uses_scalers:
-            _configure_scalers(self.model, cfg)
+            configure_model_scalers(self.model, cfg)
         decay_mask = (matrix_decay_mask(self.model.params_flat, self.model.param_views)
                       if cfg.weight_decay else None)
         self.optimizer = AdamW(self.model.params_flat, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -610,10 +610,17 @@ def train(config, eval_hooks=None, *, resume: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------- helpers
-def _configure_scalers(model, cfg: TrainConfig) -> None:
+def configure_model_scalers(model, cfg: TrainConfig) -> None:
     """Give every weight scaler cfg.weight's recipe and every input scaler
     cfg.activation's; with quantize_grads, add the "<module>.grad_output" scalers with
-    cfg.grad's recipe (its ``ste`` does not apply: dY is not a forward value)."""
+    cfg.grad's recipe (its ``ste`` does not apply: dY is not a forward value).
+
+    The scaler group this builds is the one a run's checkpoints hold, so it is how a
+    trained model is rebuilt for evaluation::
+
+        configure_model_scalers(model, config)
+        model.scalers.load_state_dict(state["scalers"])
+    """
     w, a = cfg.weight.as_dict(), cfg.activation.as_dict()
     if hasattr(model, "configure_scalers"):
         model.configure_scalers(weight=w, activation=a)
