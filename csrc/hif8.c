@@ -190,6 +190,10 @@ void hif8_cast_chunk_f32_scalar(const float *x, size_t n, const hif8_chunk_param
 /* ---- bulk drivers ---- */
 
 #define HIF8_CHUNK ((size_t)1 << 15)
+/* Elements from which the cast writes its float output with non-temporal stores: 4M
+ * floats = 16 MB out (plus 16 MB in) no longer fit the caches of a typical socket, so
+ * a normal store would first read every destination line for nothing. */
+size_t hif8_stream_min = (size_t)1 << 22;
 
 static hif8_chunk_fn chunk_kernel(void) {
     switch (hq_get_isa()) {
@@ -218,6 +222,7 @@ void hif8_cast_f32(const float *x, size_t n, const hif8_cast_params *p,
     cp.threshold = (float)hif8_clip_threshold(isinf(cp.clip) ? 0.0 : (double)cp.clip);
     cp.stochastic = p->rounding == HIF8_ROUND_STOCHASTIC;
     cp.saturate = p->saturate;
+    cp.stream = n >= hif8_stream_min;
     cp.seed = p->seed;
     hif8_chunk_fn kern = chunk_kernel();
     hif8_stats total = {0, 0, 0, 0, 0.0};

@@ -13,5 +13,10 @@
         __m128i p16_ = _mm_packus_epi32(_mm256_castsi256_si128(w_), _mm256_extracti128_si256(w_, 1)); \
         _mm_storel_epi64((__m128i *)(void *)(dst), _mm_packus_epi16(p16_, p16_));          \
     } while (0)
+#define HIF8_STREAM_F32(dst, v) _mm256_stream_ps((dst), (__m256)(v))
+#define HIF8_SFENCE() _mm_sfence()
+#define VMIN(a, b) ((vi)_mm256_min_epi32((__m256i)(a), (__m256i)(b)))
+#define VMAX(a, b) ((vi)_mm256_max_epi32((__m256i)(a), (__m256i)(b)))
+#define VABS(a) ((vi)_mm256_abs_epi32((__m256i)(a)))
 #include "hif8_vec.h"
 #endif

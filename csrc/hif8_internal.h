@@ -6,6 +6,10 @@
 #include <string.h>
 #include "hif8.h"
 
+/* Casts of at least this many elements write their float output with non-temporal
+ * stores (see hif8.c); the C tests lower it to cover that path on small arrays. */
+extern size_t hif8_stream_min;
+
 /* Everything a chunk kernel needs, prepared once per call. */
 typedef struct {
     float scale, scale_inv;
@@ -13,6 +17,7 @@ typedef struct {
     float threshold;   /* |y| >= threshold: the clamp/saturation changed the code */
     int stochastic;
     int saturate;
+    int stream;        /* outputs far bigger than the caches: non-temporal stores */
     uint64_t seed;
 } hif8_chunk_params;
 

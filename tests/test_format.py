@@ -155,6 +155,57 @@ def test_fake_quant_follows_the_scaled_cast_arithmetic(isa, dtype):
     assert stats.zero_flushed == int(flushed.sum()) >= 1
 
 
+def _golden_fake_quant_f32(x, scale, clip):
+    """decode(encode(clamp(x*scale, ±clip))) * (1/scale) in float32, from the golden model."""
+    s = np.float32(scale)
+    xs = x * s
+    if clip is not None:
+        xs = np.where(np.isnan(xs), xs, np.clip(xs, np.float32(-clip), np.float32(clip)))
+    dec = np.array([ref.decode(ref.encode(float(v))) for v in xs], dtype=np.float32)
+    return dec * (np.float32(1) / s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 2 ** 32 - 1), min_size=1, max_size=80),
+       st.sampled_from([1.0, 1.75, 4.0, 3e-6, 1e5]), st.sampled_from([None, 15.0, 224.0, 1e-9, 5e4]))
+def test_fake_quant_of_random_bit_patterns_is_the_golden_model_on_every_path(bits, scale, clip):
+    x = np.array(bits, dtype=np.uint32).view(np.float32)
+    want = _golden_fake_quant_f32(x, scale, clip)
+    got = []
+    for name in ISAS:
+        hq.set_isa(name)
+        got.append(hq.fake_quant(x, scale, clip=clip, return_stats=True))
+    hq.set_isa(ISAS[-1])
+    y0, s0 = got[0]
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(y0), nan)
+    # bit for bit where finite: zero is +0, never -0
+    np.testing.assert_array_equal(y0[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    for y, s in got[1:]:  # every ISA path: same bits (NaN payloads too) and same statistics
+        np.testing.assert_array_equal(y.view(np.uint32), y0.view(np.uint32))
+        assert s == s0
+
+
+def test_fake_quant_of_a_large_array_is_the_same_on_every_path():
+    # 4.2M elements: big enough for the streaming-store output path of the vector kernels
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(4_200_003) * 6).astype(np.float32)
+    x[::1001] = rng.integers(0, 2 ** 32, x[::1001].size, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    got = []
+    for name in ISAS:
+        hq.set_isa(name)
+        got.append(hq.fake_quant(x, 2.5, clip=15.0, return_stats=True))
+        got.append(hq.fake_quant(x[1:], 2.5, return_stats=True))
+    hq.set_isa(ISAS[-1])
+    for k in range(2, len(got)):
+        np.testing.assert_array_equal(got[k][0].view(np.uint32), got[k % 2][0].view(np.uint32))
+        assert got[k][1] == got[k % 2][1]
+    sample = slice(0, None, 997)
+    want = _golden_fake_quant_f32(x[sample], 2.5, 15.0)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got[0][0][sample][~nan], want[~nan])
+
+
 def test_clipped_means_the_clamp_changed_the_code():
     x = f32(14.9, 15.0, 15.2, 15.49, 15.5, 16.0, -15.5, -15.3)
     y, st_ = hq.fake_quant(x, 1.0, clip=15.0, return_stats=True)

@@ -7,6 +7,7 @@
 
 #include "../cpu.h"
 #include "../hif8.h"
+#include "../hif8_internal.h" /* hif8_stream_min: cover the streaming-store path */
 
 #include "check.h"
 
@@ -105,12 +106,81 @@ static void test_paths_agree(void) {
     free(x), free(c0), free(c1), free(m0), free(m1), free(v0), free(v1);
 }
 
+/* Fake quantization (values only, nearest) has its own vector kernel, with and without
+ * streaming stores and at unaligned outputs: it must match the scalar reference's values
+ * and statistics bit for bit, edge cases included (NaN payloads, +-Inf, the 2^-23 tie,
+ * denormal binades, clamps below 2^-23 and above 32768, scale 1). */
+static void test_fake_quant_path_agrees(void) {
+    const size_t n = 70001;
+    float *x = malloc(n * sizeof *x), *v0 = malloc((n + 16) * sizeof *v0), *v1 = malloc((n + 16) * sizeof *v1);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = rnd();
+        float f;
+        switch (i % 5) {
+        case 0: f = (float)((int32_t)b) / 2147483648.0f * 40.0f; break;
+        case 1: f = ldexpf((float)(b & 0xffff) / 65536.0f + 1.0f, (int)(b >> 16) % 48 - 28); break;
+        case 2: f = ldexpf((float)(b % 17) / 16.0f + 1.0f, (int)(b >> 8) % 40 - 24); break; /* ties */
+        default: memcpy(&f, &b, 4);
+        }
+        if ((b >> 3) % 7 == 0) f = -f;
+        x[i] = f;
+    }
+    const float specials[] = {0.0f, -0.0f, NAN, -NAN, INFINITY, -INFINITY, 40960.0f, 40959.996f,
+                              32768.0f, 49152.0f, ldexpf(1, -23), ldexpf(1.5f, -23), ldexpf(1, -24),
+                              ldexpf(1.4999999f, -23), ldexpf(1.5f, -17), 7.75f, 15.5f, 1e-45f};
+    for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) x[7 * k + 3] = specials[k];
+    uint32_t snan = 0x7f800001u, nan_payload = 0xffc12345u;
+    memcpy(&x[200], &snan, 4), memcpy(&x[201], &nan_payload, 4);
+    const double scales[3] = {1.0, 1.75, 3.0e-6};
+    const double clips[5] = {0.0, 15.0, 224.0, 1e-9, 50000.0};
+    const size_t mins[2] = {(size_t)-1, 0};
+    const size_t saved_min = hif8_stream_min;
+    for (int si = 0; si < 3; si++)
+        for (int ci = 0; ci < 5; ci++) {
+            hif8_cast_params p = {scales[si], 1.0 / scales[si], clips[ci], HIF8_ROUND_NEAREST, 1, 0, 0};
+            hif8_stats s0, s1;
+            hq_set_isa(HQ_ISA_SCALAR);
+            memset(&s0, 0, sizeof s0);
+            hif8_cast_f32(x, n, &p, NULL, v0, NULL, &s0);
+            for (int k = 1; k < 3; k++) {
+                if (hq_set_isa((hq_isa)k) != 0) continue;
+                for (int mi = 0; mi < 2; mi++)
+                    for (size_t off = 0; off < 2; off++) {
+                        hif8_stream_min = mins[mi];
+                        memset(&s1, 0, sizeof s1);
+                        hif8_cast_f32(x, n, &p, NULL, v1 + off, NULL, &s1);
+                        CHECK(!memcmp(v0, v1 + off, n * 4), "fake-quant values differ %s scale=%g clip=%g stream=%d off=%zu",
+                              hq_isa_name((hq_isa)k), scales[si], clips[ci], mi, off);
+                        CHECK(s0.n == s1.n && s0.clipped == s1.clipped && s0.zero_flushed == s1.zero_flushed &&
+                                  s0.nonfinite == s1.nonfinite && s0.amax == s1.amax,
+                              "fake-quant stats differ %s scale=%g clip=%g stream=%d off=%zu", hq_isa_name((hq_isa)k),
+                              scales[si], clips[ci], mi, off);
+                    }
+            }
+            /* the values are decode(encode(clamp(x*scale))) * scale_inv, and zero has no sign */
+            for (size_t i = 0; i < n; i++) {
+                float y = x[i] * (float)scales[si];
+                if (clips[ci] > 0 && !isnan(y)) y = fminf(fmaxf(y, -(float)clips[ci]), (float)clips[ci]);
+                float want = hif8_decode(hif8_encode_f32(y, 1)) * (float)(1.0 / scales[si]);
+                int same = isnan(want) ? isnan(v0[i]) : (memcmp(&want, &v0[i], 4) == 0);
+                if (!same) {
+                    CHECK(0, "fake-quant %zu: x=%a got %a want %a", i, x[i], v0[i], want);
+                    break;
+                }
+            }
+        }
+    hif8_stream_min = saved_min;
+    hq_set_isa(hq_cpu_has_avx2() ? HQ_ISA_AVX2 : HQ_ISA_SCALAR);
+    free(x), free(v0), free(v1);
+}
+
 int main(void) {
     hif8_init();
     test_spec_examples();
     test_round_trip();
     test_monotonic();
     test_paths_agree();
+    test_fake_quant_path_agrees();
     printf("test_hif8: %s (avx2=%d avx512=%d)\n", failures ? "FAILED" : "ok", hq_cpu_has_avx2(),
            hq_cpu_has_avx512());
     return failures != 0;
