@@ -128,6 +128,9 @@ def _linear_forward(x, weight, bias, precision, w_scaler, x_scaler, calibrating,
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+_MASK64 = (1 << 64) - 1
+
+
 def grad_cast_seed(seed: int, step: int, tensor: int, use: int = 0) -> int:
     """The stochastic-rounding seed of one output-gradient cast: a SplitMix64 hash of
     (run seed, optimizer step, tensor index, use within the step — the micro-batch).
@@ -144,9 +147,6 @@ def grad_cast_seed(seed: int, step: int, tensor: int, use: int = 0) -> int:
     for v in (step, tensor, use):
         h = _splitmix64(h ^ _splitmix64((int(v) + 0x632BE59BD9B4E019) & _MASK64))
     return h
-
-
-_MASK64 = (1 << 64) - 1
 
 
 def _splitmix64(z: int) -> int:
