@@ -187,8 +187,8 @@ def load_trained_model(run_dir: str):
                                    source=os.path.join(path, "config.toml"))
     model = load_model(state["model_dir"])
     if config.precision == "hif8":
-        model.configure_scalers(weight=config.weight.as_dict(),
-                                activation=config.activation.as_dict())
+        from hif8qat.train.trainer import configure_model_scalers
+        configure_model_scalers(model, config)     # the run's group, grad scalers included
         if state["scalers"] is None:
             raise ValueError(f"{path}: a hif8 run's checkpoint without scaler states")
         model.scalers.load_state_dict(state["scalers"])
