@@ -292,6 +292,51 @@ DEFINE_PACK(pack_f32_f32, float, float, round_bf16_f32, STORE_F32)
 DEFINE_PACK(pack_hif8_bf16, uint8_t, uint32_t, hif8_bf16, STORE_BF16)
 DEFINE_PACK(pack_f32_bf16, float, uint32_t, f32_bf16, STORE_BF16)
 
+/* Several consecutive F32-layout panels at once, for an operand whose lanes sit next to
+ * each other in memory (lane stride 1) while k strides through it: the dW product's
+ * dYᵀ and X, and the dX product's W. Panel by panel, each cache line of a row would be
+ * read once per panel it overlaps and the k walk strides whole rows apart; here every
+ * k pair's two rows are read once, left to right, and spread over the panels. Same
+ * bytes out as pack_panel on each panel (lanes past `lanes` and the odd-K pad are 0). */
+#define DEFINE_PACK_ROWS(name, T, CONV)                                                   \
+    static void name(const T *base, int64_t k_stride, int64_t lanes, int width,          \
+                     int64_t kc, float *d) {                                              \
+        const int64_t kcp = even_up(kc), npan = (lanes + width - 1) / width;              \
+        for (int64_t p = 0; p < kcp / 2; p++) {                                           \
+            const T *x0 = base + 2 * p * k_stride, *x1 = x0 + k_stride;                   \
+            const int has_odd = 2 * p + 1 < kc;                                           \
+            for (int64_t q = 0; q < npan; q++) {                                          \
+                float *dq = d + (q * kcp + 2 * p) * width;                                \
+                const int64_t l0 = q * width;                                             \
+                const int n = lanes - l0 < width ? (int)(lanes - l0) : width;             \
+                if (has_odd)                                                              \
+                    for (int l = 0; l < n; l++) dq[l] = CONV(x1[l0 + l]);                 \
+                else                                                                      \
+                    for (int l = 0; l < n; l++) dq[l] = 0.0f;                             \
+                for (int l = 0; l < n; l++) dq[width + l] = CONV(x0[l0 + l]);             \
+                for (int l = n; l < width; l++) dq[l] = dq[width + l] = 0.0f;             \
+            }                                                                             \
+        }                                                                                 \
+    }
+DEFINE_PACK_ROWS(pack_rows_hif8_f32, uint8_t, hif8_value)
+DEFINE_PACK_ROWS(pack_rows_f32_f32, float, round_bf16_f32)
+
+/* Pack `lanes` lanes (lane stride 1) x kc of x starting at element (r0, s0) into
+ * consecutive `width`-lane F32 panels; 0 when this operand/layout does not qualify. */
+static int pack_rows(const hq_gemm_operand *x, int64_t r0, int64_t s0, int64_t lane_stride,
+                     int64_t k_stride, int64_t lanes, int width, int64_t kc, int layout,
+                     void *dst) {
+    if (layout != LAYOUT_F32 || lane_stride != 1 || k_stride == 1 || k_stride == 0) return 0;
+    int64_t off = r0 * x->row_stride + s0 * x->col_stride;
+    if (x->format == HQ_GEMM_HIF8)
+        pack_rows_hif8_f32((const uint8_t *)x->data + off, k_stride, lanes, width, kc,
+                           (float *)dst);
+    else
+        pack_rows_f32_f32((const float *)x->data + off, k_stride, lanes, width, kc,
+                          (float *)dst);
+    return 1;
+}
+
 static void pack_panel(const hq_gemm_operand *x, int64_t r0, int64_t s0, int64_t lane_stride,
                        int64_t k_stride, int lanes, int width, int64_t kc, int layout,
                        void *dst) {
@@ -498,20 +543,25 @@ int hq_gemm(int64_t M, int64_t N, int64_t K, const hq_gemm_operand *a,
                 if (packed) {
                     b_block = (const char *)packed->data + packed_offset(packed, pc / kcb, jc / NR);
                 } else {
-                    for (int64_t jp = 0; jp < npan; jp++) {
-                        int cols = nc - jp * NR < NR ? (int)(nc - jp * NR) : NR;
-                        pack_b_panel(b, pc, kc, jc + jp * NR, cols, ki->layout,
-                                     my_b + (size_t)jp * kcp * NR * esize);
-                    }
+                    /* op(B) lanes are its columns: (k = pc, column jc) onwards */
+                    if (!pack_rows(b, pc, jc, b->col_stride, b->row_stride, nc, NR, kc,
+                                   ki->layout, my_b))
+                        for (int64_t jp = 0; jp < npan; jp++) {
+                            int cols = nc - jp * NR < NR ? (int)(nc - jp * NR) : NR;
+                            pack_b_panel(b, pc, kc, jc + jp * NR, cols, ki->layout,
+                                         my_b + (size_t)jp * kcp * NR * esize);
+                        }
                     b_block = my_b;
                 }
                 for (int64_t i0 = r0; i0 < r1; i0 += MC) {
                     const int64_t mc = r1 - i0 < MC ? r1 - i0 : MC;
-                    for (int64_t ir = 0; ir < mc; ir += mr) {
-                        int rows = mc - ir < mr ? (int)(mc - ir) : mr;
-                        pack_a_panel(a, i0 + ir, rows, mr, pc, kc, ki->layout,
-                                     a_buf + (size_t)ir * kcp * esize);
-                    }
+                    if (!pack_rows(a, i0, pc, a->row_stride, a->col_stride, mc, mr, kc,
+                                   ki->layout, a_buf))
+                        for (int64_t ir = 0; ir < mc; ir += mr) {
+                            int rows = mc - ir < mr ? (int)(mc - ir) : mr;
+                            pack_a_panel(a, i0 + ir, rows, mr, pc, kc, ki->layout,
+                                         a_buf + (size_t)ir * kcp * esize);
+                        }
                     for (int64_t jp = 0; jp < npan; jp++) {
                         const int64_t j = jc + jp * NR;
                         const int cols = c1 - j < NR ? (int)(c1 - j) : NR;

@@ -142,7 +142,100 @@ static PyObject *py_rope(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* A 2-D float32 array whose rows are contiguous (any row stride >= cols). */
+static PyArrayObject *f32_rows(PyObject *obj, const char *name, int writeable,
+                               int64_t *ld) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        PyArray_NDIM((PyArrayObject *)obj) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 2-D float32 array", name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    npy_intp *st = PyArray_STRIDES(a), cols = PyArray_DIM(a, 1);
+    if ((cols > 1 && st[1] != 4) || st[0] % 4 != 0 || st[0] / 4 < cols || !PyArray_ISALIGNED(a) ||
+        !PyArray_ISNOTSWAPPED(a) || (writeable && !PyArray_ISWRITEABLE(a))) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must have contiguous rows (row stride >= columns), be aligned, "
+                     "native-endian%s", name, writeable ? " and writeable" : "");
+        return NULL;
+    }
+    *ld = PyArray_DIM(a, 0) > 1 ? st[0] / 4 : cols;
+    return a;
+}
+
+static PyObject *py_softmax_rows(PyObject *self, PyObject *args) {
+    PyObject *so, *bo;
+    double scale;
+    if (!PyArg_ParseTuple(args, "OOd", &so, &bo, &scale)) return NULL;
+    int64_t lds, ldb = 0;
+    PyArrayObject *s = f32_rows(so, "scores", 1, &lds), *b = NULL;
+    if (s == NULL) return NULL;
+    if (bo != Py_None) {
+        b = f32_rows(bo, "bias", 0, &ldb);
+        if (b == NULL || same_dims(s, "scores", b, "bias") < 0) return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hq_softmax_rows_f32((float *)PyArray_DATA(s), PyArray_DIM(s, 0), PyArray_DIM(s, 1), lds,
+                        b ? (const float *)PyArray_DATA(b) : NULL, ldb, (float)scale);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_swiglu_forward(PyObject *self, PyObject *args) {
+    PyObject *go, *uo;
+    if (!PyArg_ParseTuple(args, "OO", &go, &uo)) return NULL;
+    PyArrayObject *g = f32_array(go, "g", 2, 0), *u = g ? f32_array(uo, "u", 2, 0) : NULL;
+    if (u == NULL || same_dims(g, "g", u, "u") < 0) return NULL;
+    PyObject *h = PyArray_SimpleNew(2, PyArray_DIMS(g), NPY_FLOAT32);
+    if (h == NULL) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    hq_swiglu_forward_f32((const float *)PyArray_DATA(g), (const float *)PyArray_DATA(u),
+                          PyArray_SIZE(g), (float *)PyArray_DATA((PyArrayObject *)h));
+    Py_END_ALLOW_THREADS
+    return h;
+}
+
+static PyObject *py_swiglu_backward(PyObject *self, PyObject *args) {
+    PyObject *dho, *go, *uo;
+    if (!PyArg_ParseTuple(args, "OOO", &dho, &go, &uo)) return NULL;
+    PyArrayObject *dh = f32_array(dho, "dh", 2, 0);
+    PyArrayObject *g = dh ? f32_array(go, "g", 2, 0) : NULL;
+    PyArrayObject *u = g ? f32_array(uo, "u", 2, 0) : NULL;
+    if (u == NULL || same_dims(g, "g", u, "u") < 0 || same_dims(g, "g", dh, "dh") < 0)
+        return NULL;
+    PyObject *dg = PyArray_SimpleNew(2, PyArray_DIMS(g), NPY_FLOAT32);
+    PyObject *du = dg ? PyArray_SimpleNew(2, PyArray_DIMS(g), NPY_FLOAT32) : NULL;
+    if (du == NULL) {
+        Py_XDECREF(dg);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hq_swiglu_backward_f32((const float *)PyArray_DATA(dh), (const float *)PyArray_DATA(g),
+                           (const float *)PyArray_DATA(u), PyArray_SIZE(g),
+                           (float *)PyArray_DATA((PyArrayObject *)dg),
+                           (float *)PyArray_DATA((PyArrayObject *)du));
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(NN)", dg, du);
+}
+
+static PyObject *py_expf(PyObject *self, PyObject *arg) {
+    PyArrayObject *x = f32_array(arg, "x", 1, 0);
+    if (x == NULL) return NULL;
+    PyObject *y = PyArray_SimpleNew(1, PyArray_DIMS(x), NPY_FLOAT32);
+    if (y == NULL) return NULL;
+    const float *xs = (const float *)PyArray_DATA(x);
+    float *ys = (float *)PyArray_DATA((PyArrayObject *)y);
+    for (npy_intp i = 0; i < PyArray_DIM(x, 0); i++) ys[i] = hq_expf(xs[i]);
+    return y;
+}
+
 PyMethodDef hq_ops_methods[] = {
+    {"softmax_rows", py_softmax_rows, METH_VARARGS,
+     "softmax_rows(scores, bias_or_None, scale): in place, rows = softmax(rows*scale + bias)."},
+    {"swiglu_forward", py_swiglu_forward, METH_VARARGS, "swiglu_forward(g, u) -> h."},
+    {"swiglu_backward", py_swiglu_backward, METH_VARARGS,
+     "swiglu_backward(dh, g, u) -> (dg, du)."},
+    {"ops_expf", py_expf, METH_O, "ops_expf(x) -> the float32 exp of ops.c (for tests)."},
     {"rmsnorm_forward", py_rmsnorm_forward, METH_VARARGS,
      "rmsnorm_forward(x, weight, eps) -> (out, rstd (N, 1)); float32, C-contiguous."},
     {"rmsnorm_backward", py_rmsnorm_backward, METH_VARARGS,

@@ -181,6 +181,7 @@ def attention_forward(q, k, v, bias):
     bias = np.broadcast_to(bias, (B, KV, RT, T))
     probs = np.empty((B, KV, RT, T), dtype=q.dtype)
     out = np.empty((B, KV, RT, D), dtype=q.dtype)
+    fused = _fused(q)
 
     def piece(i):
         b, rest = divmod(i, KV * R)
@@ -188,12 +189,18 @@ def attention_forward(q, k, v, bias):
         rows = slice(r * T, (r + 1) * T)
         s = probs[b, h, rows]                        # (T, T) scores, then probabilities
         np.matmul(q[b, h, rows], k[b, h].T, out=s)
-        s *= scale
-        s += bias[b, h, rows]
-        # numerically stable softmax, in place: subtract the row max (finite: the diagonal)
-        s -= s.max(axis=-1, keepdims=True)
-        np.exp(s, out=s)
-        s *= 1.0 / s.sum(axis=-1, keepdims=True)
+        bp = bias[b, h, rows]
+        if fused:       # ops.c: scale, bias, max, exp, sum, normalize in one pass per row
+            if bp.dtype != np.float32 or bp.strides[-1] != 4 or bp.strides[0] < 4 * T:
+                bp = np.ascontiguousarray(bp, dtype=np.float32)
+            _ops.softmax_rows(s, bp, float(scale))
+        else:
+            s *= scale
+            s += bp
+            # numerically stable softmax, in place: subtract the row max (finite: diagonal)
+            s -= s.max(axis=-1, keepdims=True)
+            np.exp(s, out=s)
+            s *= 1.0 / s.sum(axis=-1, keepdims=True)
         np.matmul(s, v[b, h], out=out[b, h, rows])
 
     run_pieces(piece, B * KV * R)
@@ -231,8 +238,11 @@ def attention_backward(dout, q, k, v, probs):
 def swiglu_forward(g, u):
     """g, u are (N, I) (gate and up projections) -> h = silu(g) * u, (N, I).
 
-    Row blocks of about 1 MiB run on the thread pool, each pass staying in cache.
+    float32: one fused pass in C (ops.c, OpenMP). Else row blocks of 256 KiB on the
+    thread pool, each NumPy pass staying in cache.
     """
+    if _fused(g, u):
+        return _ops.swiglu_forward(g, u)
     h = np.empty_like(g)
 
     def piece(r0, r1):
@@ -249,7 +259,9 @@ def swiglu_forward(g, u):
 
 
 def swiglu_backward(dh, g, u):
-    """dh (N, I) -> dg, du (N, I). Row blocks on the thread pool, as the forward."""
+    """dh (N, I) -> dg, du (N, I). Fused in C or row blocks, as the forward."""
+    if _fused(dh, g, u):
+        return _ops.swiglu_backward(dh, g, u)
     dg, du = np.empty_like(g), np.empty_like(g)
 
     def piece(r0, r1):
