@@ -235,7 +235,10 @@ void hif8_cast_f32(const float *x, size_t n, const hif8_cast_params *p,
 #pragma omp parallel num_threads(nt)
     {
         hif8_stats local = {0, 0, 0, 0, 0.0};
-#pragma omp for schedule(static)
+        /* dynamic: chunks go to whichever thread is free, so a thread the OS delays (a
+         * busy machine) does not hold back the whole cast; the result and statistics
+         * do not depend on which thread ran a chunk. */
+#pragma omp for schedule(dynamic, 1)
         for (long long c = 0; c < (long long)nchunks; c++) {
             size_t s, len;
             if (first > 0) {

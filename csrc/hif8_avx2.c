@@ -18,5 +18,6 @@
 #define VMIN(a, b) ((vi)_mm256_min_epi32((__m256i)(a), (__m256i)(b)))
 #define VMAX(a, b) ((vi)_mm256_max_epi32((__m256i)(a), (__m256i)(b)))
 #define VABS(a) ((vi)_mm256_abs_epi32((__m256i)(a)))
+#define VSEL(m, a, b) ((vi)_mm256_blendv_epi8((__m256i)(b), (__m256i)(a), (__m256i)(m)))
 #include "hif8_vec.h"
 #endif

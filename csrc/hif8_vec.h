@@ -22,12 +22,15 @@ typedef uint8_t vb __attribute__((vector_size(VW)));
 #endif
 
 #define SEL(m, a, b) (((a) & (vu)(m)) | ((b) & ~(vu)(m))) /* m ? a : b, m lanes 0/-1 */
-/* Signed lane min / max / abs. An ISA file maps them to its single instructions (gcc 12
- * turns the generic select into three logic ops). */
+/* Signed lane min / max / abs and a lane select. An ISA file may map them to single
+ * instructions (gcc 12 turns the generic select into three logic ops). */
 #ifndef VMIN
 #define VMIN(a, b) ((vi)SEL((a) < (b), (vu)(a), (vu)(b)))
 #define VMAX(a, b) ((vi)SEL((a) > (b), (vu)(a), (vu)(b)))
 #define VABS(a) (((a) ^ ((a) >> 31)) - ((a) >> 31))
+#endif
+#ifndef VSEL
+#define VSEL(m, a, b) ((vi)SEL((m), (vu)(a), (vu)(b))) /* m ? a : b on vi lanes */
 #endif
 
 /* Non-temporal store of one vector to a vector-aligned address, and the fence that
@@ -179,21 +182,15 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
         add_tab[l] = (int32_t)(1u << (sh - 1));
         mask_tab[l] = (int32_t)(~0u << sh);
     }
-    vi n_clipped = {0}, n_flushed = {0}, n_nonfinite = {0}, amax_v = {0};
+    vi n_clipped = {0}, n_kept = {0}, n_nonfinite = {0}, amax_v = {0};
+    hif8_stats head = {0, 0, 0, 0, 0.0}, tail = {0, 0, 0, 0, 0.0};
     size_t i = 0;
     if (stream) { /* scalar head up to a vector-aligned destination */
-        size_t head = (size_t)(-(uintptr_t)values / 4) % VW;
-        if (head > n) head = n;
-        if (head) {
-            hif8_stats hs = {0, 0, 0, 0, 0.0};
-            hif8_cast_chunk_f32_scalar(x, head, p, 0, NULL, values, NULL, &hs);
-            n_clipped[0] += (int32_t)hs.clipped, n_flushed[0] += (int32_t)hs.zero_flushed;
-            n_nonfinite[0] += (int32_t)hs.nonfinite;
-            float a = (float)hs.amax;
-            memcpy(&amax_v[0], &a, 4);
-            i = head;
-        }
+        i = (size_t)(-(uintptr_t)values / 4) % VW;
+        if (i > n) i = n;
+        if (i) hif8_cast_chunk_f32_scalar(x, i, p, 0, NULL, values, NULL, &head);
     }
+    const size_t i0 = i;
     for (; i + VW <= n; i += VW) {
         vi xb;
         memcpy(&xb, x + i, sizeof xb);
@@ -208,14 +205,14 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
         vi is_nan = ab > 0x7f800000;
         n_clipped -= (vi)((vf)ab >= threshold); /* false for NaN */
         vi ac = VMIN(ab, (vi){0} + cmax);          /* NaN lanes too: replaced at the end */
-        vi is_zero = ac < 0x34000000;              /* below 2^-23 (the tie with 0) */
-        n_flushed -= is_zero & ~(finite_ax == 0);
+        vi nonzero = ac > 0x33ffffff;              /* 2^-23 (the tie with 0) and up */
+        n_kept -= nonzero | (finite_ax == 0);      /* not a flush: rounds to non-zero, or x is 0/Inf/NaN */
         vi al = VMAX(ac, (vi){0} + 0x34400000);
         vi e = (al >> 23) - 127;
         vi g = VABS(e) >> 2; /* |E| / 4 */
         vi rb = (al + __builtin_shuffle(add_tab, g)) & __builtin_shuffle(mask_tab, g);
-        rb = (rb | (yb & (int32_t)0x80000000)) & ~is_zero; /* no -0 */
-        rb = (vi)SEL(is_nan, (vu)yb, (vu)rb);              /* NaN: y, payload and all */
+        rb = (rb | (yb & (int32_t)0x80000000)) & nonzero; /* no -0 */
+        rb = VSEL(is_nan, yb, rb);                         /* NaN: y, payload and all */
         vf v = (vf)rb * scale_inv;
         if (stream) {
             HIF8_STREAM_F32(values + i, v);
@@ -224,23 +221,23 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
         }
     }
     if (stream) HIF8_SFENCE();
-    int64_t c = 0, f = 0, nf = 0;
+    int64_t c = 0, kept = 0, nf = 0;
     uint32_t amax_bits = 0;
     for (int l = 0; l < VW; l++) {
         c += n_clipped[l];
-        f += n_flushed[l];
+        kept += n_kept[l];
         nf += n_nonfinite[l];
         if ((uint32_t)amax_v[l] > amax_bits) amax_bits = (uint32_t)amax_v[l];
     }
-    hif8_stats tail = {0, 0, 0, 0, 0.0};
     if (i < n) hif8_cast_chunk_f32_scalar(x + i, n - i, p, 0, NULL, values + i, NULL, &tail);
     float amax;
     memcpy(&amax, &amax_bits, 4);
     st->n += (int64_t)n;
-    st->clipped += c + tail.clipped;
-    st->zero_flushed += f + tail.zero_flushed;
-    st->nonfinite += nf + tail.nonfinite;
+    st->clipped += c + head.clipped + tail.clipped;
+    st->zero_flushed += (int64_t)(i - i0) - kept + head.zero_flushed + tail.zero_flushed;
+    st->nonfinite += nf + head.nonfinite + tail.nonfinite;
     if (amax > st->amax) st->amax = amax;
+    if (head.amax > st->amax) st->amax = head.amax;
     if (tail.amax > st->amax) st->amax = tail.amax;
 }
 
