@@ -7,6 +7,12 @@
 #include "hif8.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __linux__
+#include <pthread.h>
+#include <sys/mman.h>
+#endif
 
 /* A C-contiguous, aligned array of the given float type, or NULL with TypeError.
  * Other dtypes are refused rather than converted: the caller decides conversions. */
@@ -28,6 +34,139 @@ static PyArrayObject *float_input(PyObject *obj, const char *what, int *typenum)
 static PyObject *stats_tuple(const hif8_stats *s) {
     return Py_BuildValue("(LdLLL)", (long long)s->n, s->amax, (long long)s->clipped,
                          (long long)s->zero_flushed, (long long)s->nonfinite);
+}
+
+/* ---- Reuse of large cast outputs ----
+ * A fresh multi-megabyte NumPy array lives on new pages that the kernel zeroes on first
+ * touch, which costs about as much as the cast itself (64 MB: ~5-8 ms next to a ~9 ms
+ * copy). QAT casts the same shapes every step, so cast outputs of >= 1 MiB come from a
+ * NumPy memory handler that keeps up to REUSE_SLOTS freed blocks (REUSE_MAX_BYTES in
+ * all) and gives one back to the next cast of the same rounded size. A kept block is
+ * marked MADV_FREE: under memory pressure the kernel may still take its pages (they then
+ * fault in zeroed, like fresh memory). The arrays own their data as usual; only cast
+ * outputs use this handler, and only on Linux. */
+#ifdef __linux__
+#define REUSE_MIN ((size_t)1 << 20)
+#define REUSE_SLOTS 4
+#define REUSE_MAX_BYTES ((size_t)1 << 30)
+#define REUSE_ALIGN ((size_t)1 << 21) /* whole huge pages */
+#define REUSE_HEADER ((size_t)64)     /* block size in front of the data, 64-byte aligned data */
+
+static struct {
+    pthread_mutex_t lock;
+    void *block[REUSE_SLOTS];
+    size_t size[REUSE_SLOTS];
+    size_t kept;
+    unsigned next; /* slot to evict when all are full (round robin = oldest first) */
+} reuse = {PTHREAD_MUTEX_INITIALIZER, {NULL}, {0}, 0, 0};
+
+/* A block is [header: its size][data]; small blocks come from malloc, large ones are
+ * 2 MiB aligned and rounded up to whole 2 MiB pages. */
+static void *reuse_malloc(void *ctx, size_t nbytes) {
+    (void)ctx;
+    if (nbytes > ((size_t)-1 >> 2)) return NULL;
+    size_t need = nbytes + REUSE_HEADER;
+    size_t size = need < REUSE_MIN ? need : (need + REUSE_ALIGN - 1) & ~(REUSE_ALIGN - 1);
+    void *b = NULL;
+    if (size >= REUSE_MIN) {
+        pthread_mutex_lock(&reuse.lock);
+        for (int k = 0; k < REUSE_SLOTS && !b; k++)
+            if (reuse.block[k] && reuse.size[k] == size) {
+                b = reuse.block[k];
+                reuse.block[k] = NULL;
+                reuse.kept -= size;
+            }
+        pthread_mutex_unlock(&reuse.lock);
+        if (!b) {
+            if (posix_memalign(&b, REUSE_ALIGN, size) != 0) return NULL;
+            madvise(b, size, MADV_HUGEPAGE); /* as NumPy's own allocator does */
+        }
+    } else if (!(b = malloc(size))) {
+        return NULL;
+    }
+    memcpy(b, &size, sizeof size);
+    return (char *)b + REUSE_HEADER;
+}
+
+static void *reuse_calloc(void *ctx, size_t nelem, size_t elsize) {
+    if (elsize && nelem > ((size_t)-1 >> 2) / elsize) return NULL;
+    void *p = reuse_malloc(ctx, nelem * elsize);
+    if (p) memset(p, 0, nelem * elsize); /* a reused block holds old data */
+    return p;
+}
+
+static void reuse_free(void *ctx, void *p, size_t nbytes) {
+    (void)ctx, (void)nbytes; /* the header knows the block's size */
+    if (!p) return;
+    void *b = (char *)p - REUSE_HEADER;
+    size_t size;
+    memcpy(&size, b, sizeof size);
+    if (size < REUSE_MIN || size > REUSE_MAX_BYTES) {
+        free(b);
+        return;
+    }
+#ifdef MADV_FREE
+    madvise(b, size, MADV_FREE); /* before any other thread can take it back */
+#endif
+    void *evict = NULL;
+    pthread_mutex_lock(&reuse.lock);
+    int slot = -1;
+    for (int k = 0; k < REUSE_SLOTS && slot < 0; k++)
+        if (!reuse.block[k]) slot = k;
+    if (slot < 0) {
+        slot = (int)(reuse.next++ % REUSE_SLOTS);
+        evict = reuse.block[slot];
+        reuse.kept -= reuse.size[slot];
+        reuse.block[slot] = NULL;
+    }
+    if (reuse.kept + size <= REUSE_MAX_BYTES) {
+        reuse.block[slot] = b, reuse.size[slot] = size, reuse.kept += size;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&reuse.lock);
+    free(evict);
+    free(b);
+}
+
+static void *reuse_realloc(void *ctx, void *p, size_t nbytes) {
+    if (!p) return reuse_malloc(ctx, nbytes);
+    size_t old;
+    memcpy(&old, (char *)p - REUSE_HEADER, sizeof old);
+    void *q = reuse_malloc(ctx, nbytes);
+    if (!q) return NULL;
+    size_t keep = old - REUSE_HEADER < nbytes ? old - REUSE_HEADER : nbytes;
+    memcpy(q, p, keep);
+    reuse_free(ctx, p, 0);
+    return q;
+}
+
+static PyDataMem_Handler reuse_handler = {
+    "hif8qat_reuse_large_outputs", 1,
+    {NULL, reuse_malloc, reuse_calloc, reuse_realloc, reuse_free}};
+static PyObject *reuse_handler_capsule; /* made by hq_codec_init */
+#endif
+
+/* A new C-contiguous array for a cast's output: large ones from the reuse handler. */
+static PyArrayObject *new_output(int nd, npy_intp *dims, int typenum) {
+#ifdef __linux__
+    npy_intp n = 1;
+    for (int k = 0; k < nd; k++) n *= dims[k];
+    size_t elsize = typenum == NPY_FLOAT64 ? 8 : typenum == NPY_FLOAT32 ? 4 : 1;
+    if (reuse_handler_capsule && (size_t)n * elsize >= REUSE_MIN) {
+        PyObject *before = PyDataMem_SetHandler(reuse_handler_capsule);
+        if (!before) return NULL;
+        PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(nd, dims, typenum);
+        PyObject *ours = PyDataMem_SetHandler(before);
+        Py_DECREF(before);
+        if (!ours) {
+            Py_XDECREF(a);
+            return NULL;
+        }
+        Py_DECREF(ours);
+        return a;
+    }
+#endif
+    return (PyArrayObject *)PyArray_SimpleNew(nd, dims, typenum);
 }
 
 /* cast(x, scale, scale_inv, clip, stochastic, saturate, seed, want_codes, want_values,
@@ -54,9 +193,9 @@ static PyObject *py_cast(PyObject *self, PyObject *args) {
     npy_intp *dims = PyArray_DIMS(x);
     npy_intp n = PyArray_SIZE(x);
     PyArrayObject *codes = NULL, *values = NULL, *mask = NULL;
-    if (want_codes && !(codes = (PyArrayObject *)PyArray_SimpleNew(nd, dims, NPY_UINT8))) goto fail;
-    if (want_values && !(values = (PyArrayObject *)PyArray_SimpleNew(nd, dims, t))) goto fail;
-    if (want_mask && !(mask = (PyArrayObject *)PyArray_SimpleNew(nd, dims, NPY_BOOL))) goto fail;
+    if (want_codes && !(codes = new_output(nd, dims, NPY_UINT8))) goto fail;
+    if (want_values && !(values = new_output(nd, dims, t))) goto fail;
+    if (want_mask && !(mask = new_output(nd, dims, NPY_BOOL))) goto fail;
     hif8_cast_params p = {scale, scale_inv, clip, stochastic ? HIF8_ROUND_STOCHASTIC : HIF8_ROUND_NEAREST,
                           saturate, (uint64_t)seed, 0};
     hif8_stats st = {0, 0, 0, 0, 0.0};
@@ -98,8 +237,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     }
     PyArrayObject *c = (PyArrayObject *)PyArray_FROM_OTF(cobj, NPY_UINT8, NPY_ARRAY_IN_ARRAY);
     if (!c) return NULL;
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(PyArray_NDIM(c), PyArray_DIMS(c),
-                                                            f64 ? NPY_FLOAT64 : NPY_FLOAT32);
+    PyArrayObject *out = new_output(PyArray_NDIM(c), PyArray_DIMS(c), f64 ? NPY_FLOAT64 : NPY_FLOAT32);
     if (!out) {
         Py_DECREF(c);
         return NULL;
@@ -221,4 +359,11 @@ PyMethodDef hq_codec_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int hq_codec_init(PyObject *module) { (void)module; return 0; }
+int hq_codec_init(PyObject *module) {
+    (void)module;
+#ifdef __linux__
+    reuse_handler_capsule = PyCapsule_New(&reuse_handler, "mem_handler", NULL);
+    if (!reuse_handler_capsule) return -1;
+#endif
+    return 0;
+}

@@ -206,6 +206,26 @@ def test_fake_quant_of_a_large_array_is_the_same_on_every_path():
     np.testing.assert_array_equal(got[0][0][sample][~nan], want[~nan])
 
 
+def test_large_outputs_are_fresh_arrays_even_when_memory_is_reused():
+    # cast outputs of >= 1 MiB reuse freed blocks: a live result must never be overwritten
+    rng = np.random.default_rng(6)
+    xs = [(rng.standard_normal(1 << 19) * 4).astype(dt) for dt in (np.float32, np.float32, np.float64)]
+    want = [hq.fake_quant(x.copy(), 1.5, clip=15.0) for x in xs]
+    for _ in range(3):
+        a = hq.fake_quant(xs[0], 1.5, clip=15.0)
+        b = hq.fake_quant(xs[1], 1.5, clip=15.0)
+        c = hq.fake_quant(xs[2], 1.5, clip=15.0)
+        assert not np.shares_memory(a, b)
+        for got, w in zip((a, b, c), want):
+            np.testing.assert_array_equal(got, w)
+            assert got.flags.owndata and got.flags.c_contiguous and got.flags.writeable
+        del a, b
+    # an output can still be resized in place (the handler's realloc keeps the data)
+    c.resize(c.size + 1000, refcheck=False)
+    np.testing.assert_array_equal(c[:-1000], want[2])
+    assert not c[-1000:].any()
+
+
 def test_clipped_means_the_clamp_changed_the_code():
     x = f32(14.9, 15.0, 15.2, 15.49, 15.5, 16.0, -15.5, -15.3)
     y, st_ = hq.fake_quant(x, 1.0, clip=15.0, return_stats=True)
