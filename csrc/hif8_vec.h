@@ -159,28 +159,33 @@ vec_body(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0, 
     if (tail.amax > st->amax) st->amax = tail.amax;
 }
 
-/* Fake quantization only (values out, nearest rounding, saturating): the hot path of
- * QAT. Same results as vec_body bit for bit, with fewer operations, because values need
- * no code: clamp |y| to min(clip, 32768) as integers (a saturated value is 32768 either
- * way; NaN lanes are restored from y at the end), lift [2^-23, 1.5*2^-23) to
- * 1.5*2^-23 so the 2^-23 binade rounds up to 2^-22 like the spec says, then round with
- * one integer add and mask chosen by a table permute over |E|/4 (|E| 0-3: 3 mantissa
- * bits, 4-7: 2, 8-15: 1, 16-23: 0 = the denormal binades). Below 2^-23 it is zero.
+/* Fake quantization only (values out, saturating): the hot path of QAT. Same results as
+ * vec_body bit for bit, with fewer operations, because values need no code: clamp |y|
+ * to min(clip, 32768) as integers (a saturated value is 32768 either way, and so is a
+ * stochastic round-up from [32768, 40960); NaN lanes are restored from y at the end),
+ * then round with one integer add and mask chosen by a table permute over |E|/4 (|E|
+ * 0-3: 3 mantissa bits, 4-7: 2, 8-15: 1, 16-23: 0 = the denormal binades).
+ * Nearest: the half-ulp is added; [2^-23, 1.5*2^-23) is lifted to 1.5*2^-23 so that
+ * binade rounds up to 2^-22 as the spec says, and below 2^-23 is zero. Stochastic: the
+ * add is the element's 16 random bits shifted under the kept mantissa, and below 2^-22
+ * it is 2^-22 with probability |y| / 2^-22, as in hif8_core.h.
  * `stream`: write values with non-temporal stores (outputs far bigger than the caches),
  * which saves the read-for-ownership of every destination line. */
 static inline __attribute__((always_inline)) void
-vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, float *values,
-                       hif8_stats *st, const int stream) {
+vec_fake_quant(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0, float *values,
+               hif8_stats *st, const int stochastic, const int stream) {
     const float scale = p->scale, scale_inv = p->scale_inv, threshold = p->threshold;
+    const uint32_t key = stochastic ? hif8_seed_key(p->seed, (uint32_t)(index0 >> 32)) : 0;
     uint32_t clip_bits;
     memcpy(&clip_bits, &p->clip, 4);
     const int32_t cmax = clip_bits < 0x47000000u ? (int32_t)clip_bits : 0x47000000; /* 32768 */
-    vi add_tab, mask_tab;
+    vi add_tab, mask_tab, lane;
     for (int l = 0; l < VW; l++) {
         int g = l < 5 ? l : 5; /* |E| >> 2 = 0, 1, 2-3, 4-5 -> 20, 21, 22, 23 dropped bits */
         int sh = 20 + (g >= 1) + (g >= 2) + (g >= 4);
-        add_tab[l] = (int32_t)(1u << (sh - 1));
+        add_tab[l] = stochastic ? sh - 16 : (int32_t)(1u << (sh - 1)); /* stochastic: a shift */
         mask_tab[l] = (int32_t)(~0u << sh);
+        lane[l] = l;
     }
     vi n_clipped = {0}, n_kept = {0}, n_nonfinite = {0}, amax_v = {0};
     hif8_stats head = {0, 0, 0, 0, 0.0}, tail = {0, 0, 0, 0, 0.0};
@@ -188,7 +193,7 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
     if (stream) { /* scalar head up to a vector-aligned destination */
         i = (size_t)(-(uintptr_t)values / 4) % VW;
         if (i > n) i = n;
-        if (i) hif8_cast_chunk_f32_scalar(x, i, p, 0, NULL, values, NULL, &head);
+        if (i) hif8_cast_chunk_f32_scalar(x, i, p, index0, NULL, values, NULL, &head);
     }
     const size_t i0 = i;
     for (; i + VW <= n; i += VW) {
@@ -205,12 +210,25 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
         vi is_nan = ab > 0x7f800000;
         n_clipped -= (vi)((vf)ab >= threshold); /* false for NaN */
         vi ac = VMIN(ab, (vi){0} + cmax);          /* NaN lanes too: replaced at the end */
-        vi nonzero = ac > 0x33ffffff;              /* 2^-23 (the tie with 0) and up */
-        n_kept -= nonzero | (finite_ax == 0);      /* not a flush: rounds to non-zero, or x is 0/Inf/NaN */
-        vi al = VMAX(ac, (vi){0} + 0x34400000);
+        vi al = VMAX(ac, (vi){0} + 0x34400000);    /* |E| <= 23 below */
         vi e = (al >> 23) - 127;
-        vi g = VABS(e) >> 2; /* |E| / 4 */
-        vi rb = (al + __builtin_shuffle(add_tab, g)) & __builtin_shuffle(mask_tab, g);
+        vi g = VABS(e) >> 2;                       /* |E| / 4 */
+        vi rb, nonzero;
+        if (stochastic) {
+            vu h = ((vu)lane + (uint32_t)(index0 + i)) * 0x9E3779B1u + key; /* hif8_rand16 */
+            h ^= h >> 16; h *= 0x85EBCA6Bu;
+            h ^= h >> 13; h *= 0xC2B2AE35u;
+            h ^= h >> 16;
+            vi r16 = (vi)(h >> 16);
+            rb = (al + (r16 << __builtin_shuffle(add_tab, g))) & __builtin_shuffle(mask_tab, g);
+            vi up = __builtin_convertvector(r16, vf) < (vf)ac * 274877906944.0f; /* 2^38 */
+            rb = VSEL(ac < 0x34800000, up & 0x34800000, rb);
+            nonzero = ~(rb == 0);
+        } else {
+            rb = (al + __builtin_shuffle(add_tab, g)) & __builtin_shuffle(mask_tab, g);
+            nonzero = ac > 0x33ffffff;              /* 2^-23 (the tie with 0) and up */
+        }
+        n_kept -= nonzero | (finite_ax == 0);      /* not a flush: non-zero, or x is 0/Inf/NaN */
         rb = (rb | (yb & (int32_t)0x80000000)) & nonzero; /* no -0 */
         rb = VSEL(is_nan, yb, rb);                         /* NaN: y, payload and all */
         vf v = (vf)rb * scale_inv;
@@ -229,7 +247,7 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
         nf += n_nonfinite[l];
         if ((uint32_t)amax_v[l] > amax_bits) amax_bits = (uint32_t)amax_v[l];
     }
-    if (i < n) hif8_cast_chunk_f32_scalar(x + i, n - i, p, 0, NULL, values + i, NULL, &tail);
+    if (i < n) hif8_cast_chunk_f32_scalar(x + i, n - i, p, index0 + i, NULL, values + i, NULL, &tail);
     float amax;
     memcpy(&amax, &amax_bits, 4);
     st->n += (int64_t)n;
@@ -249,10 +267,13 @@ vec_fake_quant_nearest(const float *x, size_t n, const hif8_chunk_params *p, flo
 void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0,
                    uint8_t *codes, float *values, uint8_t *mask, hif8_stats *st) {
     int sel = (codes != NULL) | (values != NULL) << 1 | (mask != NULL) << 2 | (p->stochastic != 0) << 3;
-    if (sel == 2 && p->saturate) { /* fake quantization: values only, nearest */
-        if (p->stream) vec_fake_quant_nearest(x, n, p, values, st, 1);
-        else vec_fake_quant_nearest(x, n, p, values, st, 0);
-        return;
+    if ((sel & 7) == 2 && p->saturate) { /* fake quantization: values only */
+        switch ((sel >> 3) | p->stream << 1) {
+        case 0: vec_fake_quant(x, n, p, index0, values, st, 0, 0); return;
+        case 1: vec_fake_quant(x, n, p, index0, values, st, 1, 0); return;
+        case 2: vec_fake_quant(x, n, p, index0, values, st, 0, 1); return;
+        default: vec_fake_quant(x, n, p, index0, values, st, 1, 1); return;
+        }
     }
     switch (sel) {
         HIF8_VEC_CASE(0, 0, 0, 0) HIF8_VEC_CASE(1, 0, 0, 0) HIF8_VEC_CASE(0, 1, 0, 0) HIF8_VEC_CASE(1, 1, 0, 0)

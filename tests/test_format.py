@@ -280,6 +280,27 @@ def test_stochastic_rounding_is_reproducible_across_threads_isas_and_layout():
     assert not np.array_equal(hq.to_hif8(x, 3.0, rounding="stochastic", seed=12), results[0])
 
 
+def test_stochastic_fake_quant_is_the_stochastic_cast_decoded_on_every_path_and_thread_count():
+    # fake_quant has its own kernel; to_hif8 + from_hif8 run the general one
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(4_200_017) * 3).astype(np.float32)
+    x[:5000] *= np.float32(2.0 ** -24)  # the denormal binades and below 2^-22
+    x[5000:5100] = np.float32(50000.0)
+    x[5100] = np.nan
+    scale = 1.5
+    want = hq.from_hif8(hq.to_hif8(x, scale, rounding="stochastic", seed=9), np.float32(1) / np.float32(scale))
+    threads = hq.get_num_threads()
+    for name in ISAS:
+        hq.set_isa(name)
+        for t in (1, 2):
+            hq.set_num_threads(t)
+            for part in (slice(None), slice(0, 300_001)):  # streamed and cached outputs
+                got = hq.fake_quant(x[part], scale, rounding="stochastic", seed=9)
+                np.testing.assert_array_equal(got, want[part])
+    hq.set_isa(ISAS[-1])
+    hq.set_num_threads(threads)
+
+
 def test_threads_do_not_change_nearest_results_or_stats():
     x = (np.random.default_rng(4).standard_normal(3_000_001) * 9).astype(np.float32)
     out = []

@@ -106,7 +106,7 @@ static void test_paths_agree(void) {
     free(x), free(c0), free(c1), free(m0), free(m1), free(v0), free(v1);
 }
 
-/* Fake quantization (values only, nearest) has its own vector kernel, with and without
+/* Fake quantization (values only, nearest and stochastic) has its own vector kernel, with and without
  * streaming stores and at unaligned outputs: it must match the scalar reference's values
  * and statistics bit for bit, edge cases included (NaN payloads, +-Inf, the 2^-23 tie,
  * denormal binades, clamps below 2^-23 and above 32768, scale 1). */
@@ -131,13 +131,17 @@ static void test_fake_quant_path_agrees(void) {
     for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) x[7 * k + 3] = specials[k];
     uint32_t snan = 0x7f800001u, nan_payload = 0xffc12345u;
     memcpy(&x[200], &snan, 4), memcpy(&x[201], &nan_payload, 4);
+    /* below 2^-22 a stochastic round goes up iff rand16 < |y| * 2^38: put the exact ties
+     * (|y| * 2^38 == rand16, at scale 1) where the kernels meet them */
+    for (size_t i = 300; i < 364; i++) x[i] = ldexpf((float)hif8_rand16(hif8_seed_key(42, 0), (uint32_t)(5 + i)), -38);
     const double scales[3] = {1.0, 1.75, 3.0e-6};
     const double clips[5] = {0.0, 15.0, 224.0, 1e-9, 50000.0};
     const size_t mins[2] = {(size_t)-1, 0};
     const size_t saved_min = hif8_stream_min;
+    for (int stoch = 0; stoch < 2; stoch++)
     for (int si = 0; si < 3; si++)
         for (int ci = 0; ci < 5; ci++) {
-            hif8_cast_params p = {scales[si], 1.0 / scales[si], clips[ci], HIF8_ROUND_NEAREST, 1, 0, 0};
+            hif8_cast_params p = {scales[si], 1.0 / scales[si], clips[ci], stoch, 1, 42, 5};
             hif8_stats s0, s1;
             hq_set_isa(HQ_ISA_SCALAR);
             memset(&s0, 0, sizeof s0);
@@ -149,8 +153,8 @@ static void test_fake_quant_path_agrees(void) {
                         hif8_stream_min = mins[mi];
                         memset(&s1, 0, sizeof s1);
                         hif8_cast_f32(x, n, &p, NULL, v1 + off, NULL, &s1);
-                        CHECK(!memcmp(v0, v1 + off, n * 4), "fake-quant values differ %s scale=%g clip=%g stream=%d off=%zu",
-                              hq_isa_name((hq_isa)k), scales[si], clips[ci], mi, off);
+                        CHECK(!memcmp(v0, v1 + off, n * 4), "fake-quant values differ %s stoch=%d scale=%g clip=%g stream=%d off=%zu",
+                              hq_isa_name((hq_isa)k), stoch, scales[si], clips[ci], mi, off);
                         CHECK(s0.n == s1.n && s0.clipped == s1.clipped && s0.zero_flushed == s1.zero_flushed &&
                                   s0.nonfinite == s1.nonfinite && s0.amax == s1.amax,
                               "fake-quant stats differ %s scale=%g clip=%g stream=%d off=%zu", hq_isa_name((hq_isa)k),
@@ -161,7 +165,9 @@ static void test_fake_quant_path_agrees(void) {
             for (size_t i = 0; i < n; i++) {
                 float y = x[i] * (float)scales[si];
                 if (clips[ci] > 0 && !isnan(y)) y = fminf(fmaxf(y, -(float)clips[ci]), (float)clips[ci]);
-                float want = hif8_decode(hif8_encode_f32(y, 1)) * (float)(1.0 / scales[si]);
+                uint8_t code = stoch ? hif8_encode_sr_f32(y, hif8_rand16(hif8_seed_key(42, 0), (uint32_t)(5 + i)), 1)
+                                     : hif8_encode_f32(y, 1);
+                float want = hif8_decode(code) * (float)(1.0 / scales[si]);
                 int same = isnan(want) ? isnan(v0[i]) : (memcmp(&want, &v0[i], 4) == 0);
                 if (!same) {
                     CHECK(0, "fake-quant %zu: x=%a got %a want %a", i, x[i], v0[i], want);
