@@ -37,7 +37,12 @@
 
 #define NR HQ_GEMM_NR
 #ifndef HQ_GEMM_KC
-#define HQ_GEMM_KC 256
+/* 512 rather than 256: the model's K = 384 products then run in one slice (no partial
+ * sums through C, one packing pass) and K = 1024 in two; measured 1.12-1.2x on the
+ * K = 384 products, neutral on K = 2048, single-threaded (benchmarks/bench_gemm.py). A
+ * 6 x 512 A panel (12 KiB) and a 16 x 512 B panel (32 KiB) still stream through L1,
+ * the MC x KC A block (288 KiB) stays in a 512 KiB L2. */
+#define HQ_GEMM_KC 512
 #endif
 #define KC HQ_GEMM_KC /* even: K slices start on pair boundaries */
 #ifndef HQ_GEMM_MC_AVX2
@@ -298,23 +303,39 @@ DEFINE_PACK(pack_f32_bf16, float, uint32_t, f32_bf16, STORE_BF16)
  * read once per panel it overlaps and the k walk strides whole rows apart; here every
  * k pair's two rows are read once, left to right, and spread over the panels. Same
  * bytes out as pack_panel on each panel (lanes past `lanes` and the odd-K pad are 0). */
+#define PACK_ROWS_CHUNK 240 /* lanes converted at a time: a multiple of 4, 6, 16, 24 */
+/* Each k pair's two rows are converted into small buffers (plain loops gcc vectorizes)
+ * and copied out in width-sized pieces (fixed-size copies for the 6 and 16 wide). */
+#define PACK_ROWS_COPY(W)                                                                 \
+    for (int64_t o = 0; o < cr; o += (W)) {                                               \
+        float *dq = d + ((c0 + o) / (W) * kcp + 2 * p) * (W);                             \
+        memcpy(dq, t1 + o, (W) * sizeof(float));                                          \
+        memcpy(dq + (W), t0 + o, (W) * sizeof(float));                                    \
+    }
 #define DEFINE_PACK_ROWS(name, T, CONV)                                                   \
     static void name(const T *base, int64_t k_stride, int64_t lanes, int width,          \
                      int64_t kc, float *d) {                                              \
-        const int64_t kcp = even_up(kc), npan = (lanes + width - 1) / width;              \
+        const int64_t kcp = even_up(kc), chunk = PACK_ROWS_CHUNK / width * width;         \
+        float t0[PACK_ROWS_CHUNK], t1[PACK_ROWS_CHUNK];                                   \
         for (int64_t p = 0; p < kcp / 2; p++) {                                           \
             const T *x0 = base + 2 * p * k_stride, *x1 = x0 + k_stride;                   \
             const int has_odd = 2 * p + 1 < kc;                                           \
-            for (int64_t q = 0; q < npan; q++) {                                          \
-                float *dq = d + (q * kcp + 2 * p) * width;                                \
-                const int64_t l0 = q * width;                                             \
-                const int n = lanes - l0 < width ? (int)(lanes - l0) : width;             \
+            for (int64_t c0 = 0; c0 < lanes; c0 += chunk) {                               \
+                const int64_t cn = lanes - c0 < chunk ? lanes - c0 : chunk;               \
+                const int64_t cr = (cn + width - 1) / width * width;                      \
+                for (int64_t l = 0; l < cn; l++) t0[l] = CONV(x0[c0 + l]);                \
                 if (has_odd)                                                              \
-                    for (int l = 0; l < n; l++) dq[l] = CONV(x1[l0 + l]);                 \
+                    for (int64_t l = 0; l < cn; l++) t1[l] = CONV(x1[c0 + l]);            \
                 else                                                                      \
-                    for (int l = 0; l < n; l++) dq[l] = 0.0f;                             \
-                for (int l = 0; l < n; l++) dq[width + l] = CONV(x0[l0 + l]);             \
-                for (int l = n; l < width; l++) dq[l] = dq[width + l] = 0.0f;             \
+                    for (int64_t l = 0; l < cn; l++) t1[l] = 0.0f;                        \
+                for (int64_t l = cn; l < cr; l++) t0[l] = t1[l] = 0.0f;                   \
+                if (width == 6) {                                                         \
+                    PACK_ROWS_COPY(6)                                                     \
+                } else if (width == 16) {                                                 \
+                    PACK_ROWS_COPY(16)                                                    \
+                } else {                                                                  \
+                    PACK_ROWS_COPY(width)                                                 \
+                }                                                                         \
             }                                                                             \
         }                                                                                 \
     }
