@@ -223,6 +223,7 @@ void hif8_cast_f32(const float *x, size_t n, const hif8_cast_params *p,
     cp.stochastic = p->rounding == HIF8_ROUND_STOCHASTIC;
     cp.saturate = p->saturate;
     cp.stream = n >= hif8_stream_min;
+    cp.want_stats = stats != NULL;
     cp.seed = p->seed;
     hif8_chunk_fn kern = chunk_kernel();
     hif8_stats total = {0, 0, 0, 0, 0.0};

@@ -18,6 +18,7 @@ typedef struct {
     int stochastic;
     int saturate;
     int stream;        /* outputs far bigger than the caches: non-temporal stores */
+    int want_stats;    /* 0: the caller passed no stats, a kernel may skip the counting */
     uint64_t seed;
 } hif8_chunk_params;
 

@@ -173,7 +173,7 @@ vec_body(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0, 
  * which saves the read-for-ownership of every destination line. */
 static inline __attribute__((always_inline)) void
 vec_fake_quant(const float *x, size_t n, const hif8_chunk_params *p, uint64_t index0, float *values,
-               hif8_stats *st, const int stochastic, const int stream) {
+               hif8_stats *st, const int stochastic, const int stream, const int want_stats) {
     const float scale = p->scale, scale_inv = p->scale_inv, threshold = p->threshold;
     const uint32_t key = stochastic ? hif8_seed_key(p->seed, (uint32_t)(index0 >> 32)) : 0;
     uint32_t clip_bits;
@@ -239,6 +239,8 @@ vec_fake_quant(const float *x, size_t n, const hif8_chunk_params *p, uint64_t in
         }
     }
     if (stream) HIF8_SFENCE();
+    if (i < n) hif8_cast_chunk_f32_scalar(x + i, n - i, p, index0 + i, NULL, values + i, NULL, &tail);
+    if (!want_stats) return; /* and the compiler drops the counting from the loop */
     int64_t c = 0, kept = 0, nf = 0;
     uint32_t amax_bits = 0;
     for (int l = 0; l < VW; l++) {
@@ -247,7 +249,6 @@ vec_fake_quant(const float *x, size_t n, const hif8_chunk_params *p, uint64_t in
         nf += n_nonfinite[l];
         if ((uint32_t)amax_v[l] > amax_bits) amax_bits = (uint32_t)amax_v[l];
     }
-    if (i < n) hif8_cast_chunk_f32_scalar(x + i, n - i, p, index0 + i, NULL, values + i, NULL, &tail);
     float amax;
     memcpy(&amax, &amax_bits, 4);
     st->n += (int64_t)n;
@@ -268,11 +269,15 @@ void HIF8_VEC_NAME(const float *x, size_t n, const hif8_chunk_params *p, uint64_
                    uint8_t *codes, float *values, uint8_t *mask, hif8_stats *st) {
     int sel = (codes != NULL) | (values != NULL) << 1 | (mask != NULL) << 2 | (p->stochastic != 0) << 3;
     if ((sel & 7) == 2 && p->saturate) { /* fake quantization: values only */
-        switch ((sel >> 3) | p->stream << 1) {
-        case 0: vec_fake_quant(x, n, p, index0, values, st, 0, 0); return;
-        case 1: vec_fake_quant(x, n, p, index0, values, st, 1, 0); return;
-        case 2: vec_fake_quant(x, n, p, index0, values, st, 0, 1); return;
-        default: vec_fake_quant(x, n, p, index0, values, st, 1, 1); return;
+        switch ((sel >> 3) | p->stream << 1 | p->want_stats << 2) {
+        case 0: vec_fake_quant(x, n, p, index0, values, st, 0, 0, 0); return;
+        case 1: vec_fake_quant(x, n, p, index0, values, st, 1, 0, 0); return;
+        case 2: vec_fake_quant(x, n, p, index0, values, st, 0, 1, 0); return;
+        case 3: vec_fake_quant(x, n, p, index0, values, st, 1, 1, 0); return;
+        case 4: vec_fake_quant(x, n, p, index0, values, st, 0, 0, 1); return;
+        case 5: vec_fake_quant(x, n, p, index0, values, st, 1, 0, 1); return;
+        case 6: vec_fake_quant(x, n, p, index0, values, st, 0, 1, 1); return;
+        default: vec_fake_quant(x, n, p, index0, values, st, 1, 1, 1); return;
         }
     }
     switch (sel) {

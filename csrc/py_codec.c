@@ -170,14 +170,15 @@ static PyArrayObject *new_output(int nd, npy_intp *dims, int typenum) {
 }
 
 /* cast(x, scale, scale_inv, clip, stochastic, saturate, seed, want_codes, want_values,
- *      want_mask) -> (codes|None, values|None, mask|None, (n, amax, clipped, zero_flushed, nonfinite)) */
+ *      want_mask[, want_stats=True]) -> (codes|None, values|None, mask|None,
+ *      (n, amax, clipped, zero_flushed, nonfinite) or None without want_stats) */
 static PyObject *py_cast(PyObject *self, PyObject *args) {
     PyObject *xobj;
     double scale, scale_inv, clip;
-    int stochastic, saturate, want_codes, want_values, want_mask;
+    int stochastic, saturate, want_codes, want_values, want_mask, want_stats = 1;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OdddppKppp", &xobj, &scale, &scale_inv, &clip, &stochastic,
-                          &saturate, &seed, &want_codes, &want_values, &want_mask))
+    if (!PyArg_ParseTuple(args, "OdddppKppp|p", &xobj, &scale, &scale_inv, &clip, &stochastic,
+                          &saturate, &seed, &want_codes, &want_values, &want_mask, &want_stats))
         return NULL;
     if (hq_check_positive_finite("scale", scale) < 0 ||
         hq_check_positive_finite("scale_inv", scale_inv) < 0)
@@ -204,13 +205,13 @@ static PyObject *py_cast(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     if (t == NPY_FLOAT32)
         hif8_cast_f32((const float *)PyArray_DATA(x), (size_t)n, &p, cp,
-                      values ? (float *)PyArray_DATA(values) : NULL, mp, &st);
+                      values ? (float *)PyArray_DATA(values) : NULL, mp, want_stats ? &st : NULL);
     else
         hif8_cast_f64((const double *)PyArray_DATA(x), (size_t)n, &p, cp,
-                      values ? (double *)PyArray_DATA(values) : NULL, mp, &st);
+                      values ? (double *)PyArray_DATA(values) : NULL, mp, want_stats ? &st : NULL);
     Py_END_ALLOW_THREADS
     Py_DECREF(x);
-    PyObject *stats = stats_tuple(&st);
+    PyObject *stats = want_stats ? stats_tuple(&st) : (Py_INCREF(Py_None), Py_None);
     if (!stats) goto fail_nox;
 #define OR_NONE(a) ((a) ? (PyObject *)(a) : (Py_INCREF(Py_None), Py_None))
     return Py_BuildValue("(NNNN)", OR_NONE(codes), OR_NONE(values), OR_NONE(mask), stats);
