@@ -161,7 +161,17 @@ def causal_bias(T, R, dtype):
     return np.tile(bias, (R, 1))
 
 
-def attention_forward(q, k, v, bias):
+CAUSAL_BLOCK = 64      # query rows per block when causal attention skips masked key blocks
+CAUSAL_BLOCK_BACKWARD = 128   # the backward's blocks (each costs ~10 NumPy calls)
+
+
+def _causal_blocks(T, causal, block=CAUSAL_BLOCK):
+    """[(i0, i1)] query row blocks; with causal, block i0:i1 needs keys 0:i1 only."""
+    step = block if causal else T
+    return [(i0, min(i0 + step, T)) for i0 in range(0, T, step)]
+
+
+def attention_forward(q, k, v, bias, causal=False):
     """Causal grouped-query attention with the softmax in the model's dtype (fp32/fp64).
 
     q is (B, KV, R*T, D): the R query heads of each key/value head stacked along rows;
@@ -173,6 +183,10 @@ def attention_forward(q, k, v, bias):
     The (b, kv-head, query-head) pieces run on a thread pool (pieces.py): each is
     computed by one thread with the same code, so no bit depends on the pool size, and a
     piece's (T, T) scores stay in L2 through the softmax.
+    ``causal=True`` promises that bias is -inf wherever key t' > query t (true of
+    ``causal_bias`` and of any mask inside it): blocks of CAUSAL_BLOCK queries then
+    compute keys 0..block end only and store exact zeros beyond (~40% fewer flops at
+    T = 256; the softmax of a row is unchanged: the skipped terms are exact zeros).
     """
     B, KV, RT, D = q.shape
     T = k.shape[2]
@@ -182,53 +196,75 @@ def attention_forward(q, k, v, bias):
     probs = np.empty((B, KV, RT, T), dtype=q.dtype)
     out = np.empty((B, KV, RT, D), dtype=q.dtype)
     fused = _fused(q)
+    blocks = _causal_blocks(T, causal)
 
     def piece(i):
         b, rest = divmod(i, KV * R)
         h, r = divmod(rest, R)
         rows = slice(r * T, (r + 1) * T)
-        s = probs[b, h, rows]                        # (T, T) scores, then probabilities
-        np.matmul(q[b, h, rows], k[b, h].T, out=s)
-        bp = bias[b, h, rows]
-        if fused:       # ops.c: scale, bias, max, exp, sum, normalize in one pass per row
-            if bp.dtype != np.float32 or bp.strides[-1] != 4 or bp.strides[0] < 4 * T:
-                bp = np.ascontiguousarray(bp, dtype=np.float32)
-            _ops.softmax_rows(s, bp, float(scale))
-        else:
-            s *= scale
-            s += bp
-            # numerically stable softmax, in place: subtract the row max (finite: diagonal)
-            s -= s.max(axis=-1, keepdims=True)
-            np.exp(s, out=s)
-            s *= 1.0 / s.sum(axis=-1, keepdims=True)
-        np.matmul(s, v[b, h], out=out[b, h, rows])
+        qp, kp, vp, op = q[b, h, rows], k[b, h], v[b, h], out[b, h, rows]
+        sp, bpp = probs[b, h, rows], bias[b, h, rows]    # (T, T) scores, then probabilities
+        for i0, i1 in blocks:
+            kend = i1 if causal else T
+            s, bp = sp[i0:i1, :kend], bpp[i0:i1, :kend]
+            np.matmul(qp[i0:i1], kp[:kend].T, out=s)
+            if fused:   # ops.c: scale, bias, max, exp, sum, normalize in one pass per row
+                if bp.dtype != np.float32 or bp.strides[-1] != 4 or bp.strides[0] < 4 * kend:
+                    bp = np.ascontiguousarray(bp, dtype=np.float32)
+                _ops.softmax_rows(s, bp, float(scale))
+            else:
+                s *= scale
+                s += bp
+                # numerically stable softmax, in place: subtract the row max (the diagonal)
+                s -= s.max(axis=-1, keepdims=True)
+                np.exp(s, out=s)
+                s *= 1.0 / s.sum(axis=-1, keepdims=True)
+            sp[i0:i1, kend:] = 0.0
+            np.matmul(s, vp[:kend], out=op[i0:i1])
 
     run_pieces(piece, B * KV * R)
     return out, probs
 
 
-def attention_backward(dout, q, k, v, probs):
+def attention_backward(dout, q, k, v, probs, causal=False):
     """dout (B, KV, R*T, D) -> dq (B, KV, R*T, D), dk, dv (B, KV, T, D).
 
-    One piece per (b, kv-head) on the thread pool, as in attention_forward.
+    One piece per (b, kv-head) on the thread pool, as in attention_forward. With
+    ``causal`` (probs exactly 0 above the diagonal, as attention_forward(causal=True)
+    leaves them) each query head runs in blocks of CAUSAL_BLOCK_BACKWARD queries against
+    the keys up to the block's end only.
     """
     B, KV, RT, D = q.shape
+    T = k.shape[2]
     scale = q.dtype.type(1.0 / math.sqrt(D))
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    R = RT // T
+    # (row slice, key end): whole pieces, or with causal each query head in blocks
+    parts = ([(slice(None), T)] if not causal else
+             [(slice(r * T + i0, r * T + i1), i1) for r in range(R)
+              for i0, i1 in _causal_blocks(T, True, CAUSAL_BLOCK_BACKWARD)])
 
     def piece(i):
         b, h = divmod(i, KV)
-        p, do = probs[b, h], dout[b, h]
-        np.matmul(p.T, do, out=dv[b, h])             # out = P · v
-        dp = np.matmul(do, v[b, h].T)                # (R*T, T)
-        # P = softmax(S):  dS = P * (dP - rowsum(dP * P))
-        dp -= np.einsum("ij,ij->i", dp, p)[:, None]
-        dp *= p
-        # S = q·kᵀ * scale; the scale goes on the (R*T, D) and (T, D) results, not on dS
-        np.matmul(dp, k[b, h], out=dq[b, h])
-        dq[b, h] *= scale
-        np.matmul(dp.T, q[b, h], out=dk[b, h])
-        dk[b, h] *= scale
+        p, do, qb, kb, vb = probs[b, h], dout[b, h], q[b, h], k[b, h], v[b, h]
+        dvb, dkb, dqb = dv[b, h], dk[b, h], dq[b, h]
+        for n, (rows, kend) in enumerate(parts):
+            pr, dor = p[rows, :kend], do[rows]
+            part_dv = pr.T @ dor                         # out = P · v
+            dp = dor @ vb[:kend].T                       # (rows, kend)
+            # P = softmax(S):  dS = P * (dP - rowsum(dP * P))
+            dp -= np.einsum("ij,ij->i", dp, pr)[:, None]
+            dp *= pr
+            # S = q·kᵀ * scale; the scale goes on the (rows, D) and (T, D) results
+            np.matmul(dp, kb[:kend], out=dqb[rows])
+            dqb[rows] *= scale
+            part_dk = dp.T @ qb[rows]
+            if n == 0:
+                dvb[...] = 0.0
+                dkb[...] = 0.0
+            dvb[:kend] += part_dv
+            dkb[:kend] += part_dk
+        dkb *= scale
 
     run_pieces(piece, B * KV)
     return dq, dk, dv
@@ -687,6 +723,8 @@ class LlamaModel:
             bias = self._causal_bias(T, R)
         else:
             bias = self._mask_bias(attention_mask, (B, T), R)
+        # a mask inside the causal one lets attention skip the key blocks above the diagonal
+        causal = attention_mask is None or not np.triu(np.asarray(attention_mask), 1).any()
 
         grad_quant = keep and self._grad_quant is not None
 
@@ -720,19 +758,19 @@ class LlamaModel:
             # (b, KV, R*T, T) score buffer stays under INFERENCE_SCORE_BYTES
             step = B if keep else max(1, INFERENCE_SCORE_BYTES // (KV * R * T * T * qa.itemsize))
             if step >= B:
-                oa, probs = attention_forward(qa, ka, va, bias)
+                oa, probs = attention_forward(qa, ka, va, bias, causal=causal)
             else:
                 oa = np.concatenate([attention_forward(qa[j:j + step], ka[j:j + step],
                                                        va[j:j + step],
                                                        bias if bias.ndim == 2
-                                                       else bias[j:j + step])[0]
+                                                       else bias[j:j + step], causal)[0]
                                      for j in range(0, B, step)])
                 probs = None
             o = np.ascontiguousarray(
                 oa.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4)).reshape(N, H * D)
             y, a["o_proj"] = lin(o, p + "self_attn.o_proj")           # (N, C)
             x = x + y
-            a.update(qa=qa, ka=ka, va=va, probs=probs, x2=x)
+            a.update(qa=qa, ka=ka, va=va, probs=probs, causal=causal, x2=x)
             xn, a["rstd2"] = rmsnorm_forward(x, P[p + "post_attention_layernorm.weight"],
                                              cfg.rms_norm_eps)
             g, a["gate_proj"] = lin(xn, p + "mlp.gate_proj")          # (N, I)
@@ -820,7 +858,8 @@ class LlamaModel:
             do = lin_back(dx, a["o_proj"], p + "self_attn.o_proj")
             doa = np.ascontiguousarray(
                 do.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B, KV, R * T, D)
-            dqa, dka, dva = attention_backward(doa, a["qa"], a["ka"], a["va"], a["probs"])
+            dqa, dka, dva = attention_backward(doa, a["qa"], a["ka"], a["va"], a["probs"],
+                                                a["causal"])
             dq = dqa.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
             dk = dka.transpose(0, 2, 1, 3)
             dv = np.ascontiguousarray(dva.transpose(0, 2, 1, 3)).reshape(N, KV * D)
