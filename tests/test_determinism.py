@@ -14,7 +14,7 @@ cfg = hq.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_
                      num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
 m = hq.LlamaModel.from_config(cfg, seed=0)
 m.set_precision(sys.argv[1])
-tok = np.random.default_rng(0).integers(0, 256, (3, 80))
+tok = np.random.default_rng(0).integers(0, 256, (3, int(sys.argv[2])))
 logits, loss = m.forward(tok, tok)
 digest = hashlib.sha256(logits.tobytes())
 m.backward()
@@ -23,10 +23,10 @@ print(digest.hexdigest())
 """
 
 
-def _run(precision, omp, blas):
+def _run(precision, omp, blas, T=80):
     env = {**os.environ, "OMP_NUM_THREADS": str(omp), "OPENBLAS_NUM_THREADS": str(blas)}
-    r = subprocess.run([sys.executable, "-c", SCRIPT, precision], env=env, capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", SCRIPT, precision, str(T)], env=env,
+                       capture_output=True, text=True, check=True)
     return r.stdout.strip()
 
 
@@ -34,4 +34,12 @@ def _run(precision, omp, blas):
 def test_forward_and_backward_bits_do_not_depend_on_threads(precision):
     pytest.importorskip("threadpoolctl")
     digests = {_run(precision, omp, blas) for omp, blas in [(1, 1), (2, 2), (1, 2), (2, 1)]}
+    assert len(digests) == 1
+
+
+def test_long_sequences_with_causal_blocks_and_thread_pool_do_not_depend_on_threads():
+    """T = 200: attention's causal blocks (64 forward, 128 backward) and the thread pool's
+    (b, head) pieces, with 1 or 2 workers."""
+    pytest.importorskip("threadpoolctl")
+    digests = {_run("bf16", omp, blas, T=200) for omp, blas in [(1, 1), (2, 2), (2, 1)]}
     assert len(digests) == 1
