@@ -82,11 +82,13 @@ def profile(model, tokens, targets, precision):
     pr.disable()
     st = pstats.Stats(pr)
     rows = []
-    for (file, _, fn), (_, _, tt, ct, _) in st.stats.items():
+    for (file, line, fn), (_, _, tt, ct, _) in st.stats.items():
         if file.endswith(("llama.py", "linear.py")) and not fn.startswith("<"):
-            rows.append((ct, fn))
+            rows.append((ct, fn if fn != "piece" else f"piece (llama.py:{line})"))
+        elif fn.startswith("<built-in method hif8qat._C."):     # the C kernels themselves
+            rows.append((ct, "C " + fn[len("<built-in method hif8qat._C."):-1]))
     print(f"\nprofile ({precision}), cumulative seconds per function:")
-    for ct, fn in sorted(rows, reverse=True)[:16]:
+    for ct, fn in sorted(rows, reverse=True)[:20]:
         print(f"  {fn:28s} {ct * 1e3:9.1f} ms")
 
 
