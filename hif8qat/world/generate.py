@@ -14,9 +14,10 @@ What is written (``out_dir/``):
   lines: (1) facts about invented lands, guilds and creatures, each fact stated in
   several paraphrases and also drilled in the "Question: ...\\nAnswer: ..." form;
   (2) routine scripts ("X is a baker. He kneads the dough. Then he shapes ...")
-  told many times with different actors; (3) worked examples of seven small
-  inference patterns (orderings, class properties, location tracking, who-has-what
-  lookups, routes, count comparisons).
+  told many times with different actors; (3) worked examples of six small
+  inference patterns told with many actors (class colors, turning, counting one more
+  or less, converse comparatives, trades and their goods, the next season), the
+  rules they use stated as generics ("All glorks are red.", "A baker makes bread.").
 * ``finetune.txt`` -- another domain (market ledgers and recipes, lower-case,
   line-oriented), so that fine-tuning at an aggressive learning rate overwrites what
   pretraining taught: the forgetting the paper measures.
@@ -30,7 +31,9 @@ What is written (``out_dir/``):
   are steps of other scripts (and sometimes a later step of the same one).
 * ``world_reasoning/World-Reasoning-{Train,Dev,Test}.jsonl`` -- AI2's nested ARC
   JSONL (id, question.stem, question.choices[{text,label}], answerKey), 3-5
-  choices, labels "A".. or "1"..: new instances of the corpus's inference patterns.
+  choices, labels "A".. or "1"..: new instances of the corpus's inference patterns,
+  each answered by a word of a small closed set (a color, a direction, a number...),
+  never by a name copied from the question, the gold value balanced over its set.
 * ``meta/knowledge_facts.jsonl`` and ``meta/knowledge_items.jsonl`` -- the facts and
   which fact each knowledge item asks (items about one fact are correlated: a
   cluster bootstrap can use this).
@@ -53,10 +56,10 @@ import io
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 KNOWLEDGE_SUBJECTS = ("geography", "guilds", "creatures")
 LETTERS = "ABCDE"
@@ -93,15 +96,15 @@ SIZES: Dict[str, WorldSpec] = {
         lands=16, guilds=10, creatures=16, dev_entities=2,
         knowledge_test=(800, 400, 800), knowledge_dev=5,
         paragraphs_per_entity=16, qa_reps=4,
-        script_tellings=25, reasoning_examples=300,
+        script_tellings=30, reasoning_examples=300,
         commonsense_test=2000, commonsense_train=200,
         reasoning_test=2000, reasoning_dev=300, reasoning_train=300,
         people_pool=160, finetune_docs=3000),
     "tiny": WorldSpec(
         lands=3, guilds=3, creatures=3, dev_entities=1,
         knowledge_test=(68, 64, 68), knowledge_dev=5,
-        paragraphs_per_entity=10, qa_reps=3,
-        script_tellings=4, reasoning_examples=20,
+        paragraphs_per_entity=4, qa_reps=10,
+        script_tellings=2, reasoning_examples=10,
         commonsense_test=200, commonsense_train=40,
         reasoning_test=200, reasoning_dev=40, reasoning_train=40,
         people_pool=48, finetune_docs=300),
@@ -643,124 +646,163 @@ def _commonsense_items(seed: int, split: str, n_items: int, names: Sequence[str]
 
 
 # ----------------------------------------------------------------------------------
-# reasoning: seven inference patterns over stated facts
+# reasoning: six inference patterns, answered from small closed sets
 # ----------------------------------------------------------------------------------
-_COMPARATIVES = (("taller", "tallest", "shortest"), ("older", "oldest", "youngest"),
-                 ("faster", "fastest", "slowest"), ("heavier", "heaviest", "lightest"),
-                 ("stronger", "strongest", "weakest"))
-_PLACES = ("barn", "mill", "kitchen", "garden", "market", "harbor", "forest", "tower",
-           "cellar", "stable", "library", "chapel", "bakery", "orchard")
-_THINGS = ("apples", "coins", "eggs", "pears", "stones", "shells", "nuts", "plums")
-_OWNED = ("hat", "cloak", "cup", "bag", "kite", "boat", "scarf", "lamp")
+# Every answer is a word of a small set the corpus uses thousands of times (colors,
+# directions, numbers, comparatives, trades, seasons), never a name copied out of the
+# question: byte-level models this small do not learn to copy names (nor, in a few
+# minutes of training, words) out of the context, so such items measure nothing. Each
+# item combines a new actor and a fact stated about them with a rule the corpus
+# teaches through many other actors ("All glorks are red.", "A baker makes bread.",
+# what "turns around" does); the gold value is balanced over its set within each
+# pattern, so no answer prior beats chance.
+_DIRECTIONS = ("north", "east", "south", "west")            # clockwise
+_TURNS = (("right", 1), ("around", 2))
 _KIND_COLORS = ("red", "blue", "green", "yellow", "black", "white", "grey", "brown")
+_THINGS = ("apples", "coins", "eggs", "pears", "stones", "shells", "nuts", "plums")
+_COUNT_OPS = (("finding one more than", "finds one more", 1),
+              ("losing one of", "loses one", -1))
+_CONVERSES = (("taller", "shorter"), ("older", "younger"), ("faster", "slower"),
+              ("heavier", "lighter"), ("stronger", "weaker"))
+_TRADES = (("baker", "bread"), ("smith", "horseshoes"), ("weaver", "cloth"),
+           ("chandler", "candles"), ("potter", "pots"), ("brewer", "ale"),
+           ("cooper", "barrels"), ("tailor", "coats"), ("cobbler", "shoes"),
+           ("miller", "flour"))
+_SEASONS = ("spring", "summer", "autumn", "winter")
 
 
-def _r_order(rng, names, n_names):
-    """A chain of comparisons; ask for the top or the bottom."""
-    cmp_, top, bottom = rng.choice(_COMPARATIVES)
-    people = rng.sample(names, n_names)            # people[0] is the most
-    facts = [f"{people[i]} is {cmp_} than {people[i + 1]}." for i in range(n_names - 1)]
-    if rng.random() < 0.3:     # mostly in chain order; sometimes the chain is shuffled
-        rng.shuffle(facts)
-    if rng.random() < 0.5:
-        stem, gold = f"Who is the {top}?", people[0]
-    else:
-        stem, gold = f"Who is the {bottom}?", people[-1]
-    return " ".join(facts) + " " + stem, gold, [p for p in people if p != gold]
+@dataclass(frozen=True)
+class _Reasoning:
+    """One worked instance: the question, its answer, the distractor pool (most
+    tempting first) and the same inference told as statements ending "So ..."."""
+    stem: str
+    gold: str
+    distractors: Tuple[str, ...]
+    told: str
 
 
-def _r_order3(rng, names, kinds):
-    return _r_order(rng, names, 3)
+def _others(rng, values, gold, first=()):
+    """Distractors: ``first`` (the tempting ones), then the rest of the set shuffled."""
+    rest = [v for v in values if v != gold and v not in first]
+    rng.shuffle(rest)
+    return tuple(first) + tuple(rest)
 
 
-def _r_order4(rng, names, kinds):
-    return _r_order(rng, names, 4)
+def _kind_colors(kinds: Sequence[str]) -> Dict[str, str]:
+    """The world's rule "All <kind>s are <color>." for its first eight kinds."""
+    return dict(zip(kinds, _KIND_COLORS))
 
 
-def _r_kind_color(rng, names, kinds):
-    """Two class rules and a member: the member has its class's color."""
-    k1, k2 = rng.sample(kinds, 2)
-    c1, c2, *rest = rng.sample(_KIND_COLORS, 5)
-    rules = [f"All {k1}s are {c1}.", f"All {k2}s are {c2}."]
-    if rng.random() < 0.5:
-        rules.reverse()
-    who = rng.choice(names)
-    stem = f"{' '.join(rules)} {who} is a {k2}. What color is {who}?"
-    n_extra = rng.choice((1, 2, 3))               # 3, 4 or 5 choices
-    return stem, c2, [c1] + rest[:n_extra]
-
-
-def _r_location(rng, names, kinds):
-    """Where someone is after moving (one person, or two with one moving)."""
-    a, b = rng.sample(names, 2)
-    p1, p2, p3, p4, p5 = rng.sample(_PLACES, 5)
-    if rng.random() < 0.5:
-        stem = f"{a} is in the {p1}. {a} goes to the {p2}. Where is {a}?"
-        others = [p1, p3, p4][: rng.choice((2, 3))]
-        return stem, f"the {p2}", [f"the {p}" for p in others]
-    stem = f"{a} is in the {p1}. {b} is in the {p2}. {a} goes to the {p3}."
-    if rng.random() < 0.6:
-        return f"{stem} Where is {a}?", f"the {p3}", [f"the {p1}", f"the {p2}", f"the {p4}"]
-    return f"{stem} Where is {b}?", f"the {p2}", [f"the {p1}", f"the {p3}", f"the {p4}"]
-
-
-def _r_lookup(rng, names, kinds):
-    """Three people, three colored things; who has the one asked for."""
-    people = rng.sample(names, 4)
-    thing = rng.choice(_OWNED)
-    colors = rng.sample(_KIND_COLORS, 3)
-    stem = " ".join(f"{p} has a {c} {thing}." for p, c in zip(people, colors))
-    k = rng.randrange(3)
-    stem += f" Who has the {colors[k]} {thing}?"
-    distractors = [p for i, p in enumerate(people[:3]) if i != k]
-    if rng.random() < 0.5:      # sometimes a fourth name the question never mentions
-        distractors.append(people[3])
-    return stem, people[k], distractors
-
-
-def _r_visits(rng, names, kinds):
-    """A route of three places; where someone went before or after one of them."""
+def _r_kind_color(rng, g, names, kinds):
+    """A is a K; all Ks are C (a rule the corpus teaches); so A is C."""
     a = rng.choice(names)
-    route = rng.sample(_PLACES, 4)
-    stem = f"{a} went to the {route[0]}, then to the {route[1]}, then to the {route[2]}."
-    if rng.random() < 0.5:
-        k = rng.choice((0, 1))
-        stem += f" Where did {a} go after the {route[k]}?"
-        gold = route[k + 1]
-    else:
-        k = rng.choice((1, 2))
-        stem += f" Where did {a} go before the {route[k]}?"
-        gold = route[k - 1]
-    return stem, f"the {gold}", [f"the {p}" for p in route if p != gold]
+    kind, color = list(_kind_colors(kinds).items())[g % len(_KIND_COLORS)]
+    return _Reasoning(f"What color is {a}, who is a {kind}?", color,
+                      _others(rng, _KIND_COLORS, color),
+                      f"{a} is a {kind}. All {kind}s are {color}. So {a} is {color}.")
 
 
-def _r_most(rng, names, kinds):
-    """Three counts; who has the most or the fewest."""
-    people = rng.sample(names, 3)
-    thing = rng.choice(_THINGS)
-    counts = rng.sample(range(1, 13), 3)
-    stem = " ".join(f"{p} has {c} {thing}." for p, c in zip(people, counts))
-    if rng.random() < 0.5:
-        gold = people[counts.index(max(counts))]
-        stem += f" Who has the most {thing}?"
-    else:
-        gold = people[counts.index(min(counts))]
-        stem += f" Who has the fewest {thing}?"
-    return stem, gold, [p for p in people if p != gold]
+def _r_turn(rng, g, names, kinds):
+    """A faces D and turns; which way A faces now (the stated D is the trap)."""
+    a = rng.choice(names)
+    turn, k = _TURNS[(g // 4) % len(_TURNS)]
+    gold = _DIRECTIONS[g % 4]
+    start = _DIRECTIONS[(g - k) % 4]
+    return _Reasoning(f"Which way does {a} face after turning {turn} from {start}?", gold,
+                      _others(rng, _DIRECTIONS, gold, first=(start,)),
+                      f"{a} faces {start}. Then {a} turns {turn}. So {a} faces {gold} now.")
 
 
-_REASONING_PATTERNS = (("order3", _r_order3), ("order4", _r_order4),
-                       ("kind_color", _r_kind_color), ("location", _r_location),
-                       ("lookup", _r_lookup), ("visits", _r_visits), ("most", _r_most))
+def _r_count(rng, g, names, kinds):
+    """A has N things and finds or loses one; how many now (the stated N is the trap)."""
+    a, thing = rng.choice(names), rng.choice(_THINGS)
+    gold = 1 + g % 8                                        # 1 .. 8
+    doing, does, delta = _COUNT_OPS[(g // 8) % len(_COUNT_OPS)]
+    n = gold - delta
+    near = sorted((v for v in range(10) if v not in (gold, n)),
+                  key=lambda v: (abs(v - gold), rng.random()))
+    return _Reasoning(f"How many {thing} does {a} have after {doing} {n}?",
+                      str(gold), (str(n),) + tuple(str(v) for v in near),
+                      f"{a} has {n} {thing}. Then {a} {does}. So {a} has {gold} {thing} now.")
+
+
+def _r_converse(rng, g, names, kinds):
+    """A is Xer than B, so B is the converse of Xer than A."""
+    a, b = rng.sample(names, 2)
+    pair = _CONVERSES[(g // 2) % len(_CONVERSES)]
+    gold, stated = pair[g % 2], pair[1 - g % 2]
+    words = [w for p in _CONVERSES for w in p]
+    return _Reasoning(f"What is {b}, next to {a} who is {stated}?", gold,
+                      _others(rng, words, gold, first=(stated,)),
+                      f"{a} is {stated} than {b}. So {b} is {gold} than {a}.")
+
+
+def _r_trade(rng, g, names, kinds):
+    """A is a <trade>; every <trade> makes <goods> (a rule the corpus teaches)."""
+    a = rng.choice(names)
+    trade, goods = _TRADES[g % len(_TRADES)]
+    if (g // len(_TRADES)) % 2 == 0:
+        return _Reasoning(f"What does {a} make, who is a {trade}?", goods,
+                          _others(rng, [p for _, p in _TRADES], goods),
+                          f"{a} is a {trade}. A {trade} makes {goods}. So {a} makes {goods}.")
+    return _Reasoning(f"What is {a}, who makes {goods}?", f"a {trade}",
+                      _others(rng, [f"a {t}" for t, _ in _TRADES], f"a {trade}"),
+                      f"{a} makes {goods} for a living. So {a} is a {trade}.")
+
+
+def _r_season(rng, g, names, kinds):
+    """A sows in season S and harvests one season later: the next season."""
+    a = rng.choice(names)
+    gold = _SEASONS[g % 4]
+    sown = _SEASONS[(g - 1) % 4]
+    return _Reasoning(f"{a} harvests one season after sowing. When does {a} harvest, "
+                      f"after sowing in {sown}?", f"in {gold}",
+                      _others(rng, [f"in {s}" for s in _SEASONS], f"in {gold}",
+                              first=(f"in {sown}",)),
+                      f"{a} sows seeds in {sown}. {a} harvests one season later. "
+                      f"So {a} harvests in {gold}.")
+
+
+# name, pattern, length of its cycle of instance kinds g, number of gold values
+# (the gold value is a function of g % that number)
+_REASONING_PATTERNS = (("kind_color", _r_kind_color, len(_KIND_COLORS), len(_KIND_COLORS)),
+                       ("turn", _r_turn, 4 * len(_TURNS), 4),
+                       ("count", _r_count, 8 * len(_COUNT_OPS), 8),
+                       ("converse", _r_converse, 4 * len(_CONVERSES), 2 * len(_CONVERSES)),
+                       ("trade", _r_trade, 2 * len(_TRADES), 2 * len(_TRADES)),
+                       ("season", _r_season, len(_SEASONS), len(_SEASONS)))
+
+
+def _gold_cycle(rng, n_values: int, n_gold: int) -> List[int]:
+    """One pass over the instance kinds 0..n_values-1 in blocks of n_gold that each
+    hold every gold value once: any prefix is balanced over the gold values to +-1."""
+    blocks = list(range(n_values // n_gold))
+    rng.shuffle(blocks)
+    out = []
+    for b in blocks:
+        block = [b * n_gold + j for j in range(n_gold)]
+        rng.shuffle(block)
+        out += block
+    return out
 
 
 def _reasoning_corpus(seed: int, spec: WorldSpec, names, kinds) -> List[str]:
+    """Worked examples of every pattern with the corpus's own actors: mostly in the
+    benchmark's Question/Answer form, some told as statements ("So ..."), plus the
+    trades' rules stated as generics."""
     rng = _rng(seed, "corpus/reasoning")
     docs = []
-    for _ in range(spec.reasoning_examples):
-        for _, pattern in _REASONING_PATTERNS:
-            stem, gold, _ = pattern(rng, names, kinds)
-            docs.append(f"Question: {stem}\nAnswer: {gold}")
+    for pname, pattern, n_values, _ in _REASONING_PATTERNS:
+        for i in range(spec.reasoning_examples):
+            r = pattern(rng, rng.randrange(n_values), names, kinds)
+            docs.append(f"Question: {r.stem}\nAnswer: {r.gold}" if rng.random() < 0.7
+                        else r.told)
+    for _ in range(max(2, spec.reasoning_examples // 10)):     # the rules, as generics
+        rules = [f"A {t} makes {p}." for t, p in _TRADES]
+        rules += [f"All {k}s are {c}." for k, c in _kind_colors(kinds).items()]
+        rules += [f"After {s} comes {_SEASONS[(i + 1) % 4]}." for i, s in enumerate(_SEASONS)]
+        rng.shuffle(rules)
+        docs.append(" ".join(rules))
     rng.shuffle(docs)
     # a few examples per document, like a worksheet
     out, i = [], 0
@@ -774,10 +816,14 @@ def _reasoning_corpus(seed: int, spec: WorldSpec, names, kinds) -> List[str]:
 def _reasoning_items(seed: int, split: str, n_items: int, names, kinds) -> List[dict]:
     rng = _rng(seed, f"reasoning/{split}")
     raw = []
+    golds: Dict[str, List[int]] = {}
     for i in range(n_items):
-        pname, pattern = _REASONING_PATTERNS[i % len(_REASONING_PATTERNS)]
-        stem, gold, distractors = pattern(rng, names, kinds)
-        raw.append((pname, stem, gold, distractors))
+        pname, pattern, n_values, n_gold = _REASONING_PATTERNS[i % len(_REASONING_PATTERNS)]
+        if not golds.get(pname):             # each pass uses every instance kind once
+            golds[pname] = _gold_cycle(rng, n_values, n_gold)
+        r = pattern(rng, golds[pname].pop(0), names, kinds)
+        n_choices = (3, 4, 5)[(i // len(_REASONING_PATTERNS)) % 3]
+        raw.append((pname, r.stem, r.gold, list(r.distractors[:n_choices - 1])))
     # exact balance of the gold position within each choice count
     by_n: Dict[int, List[int]] = {}
     for i, (_, _, _, d) in enumerate(raw):
@@ -789,6 +835,7 @@ def _reasoning_items(seed: int, split: str, n_items: int, names, kinds) -> List[
             position[i] = p
     items = []
     for i, (pname, stem, gold, distractors) in enumerate(raw):
+        rng.shuffle(distractors)
         choices = _place(gold, distractors, position[i])
         labels = "12345" if rng.random() < 0.15 else LETTERS   # ARC has both kinds
         items.append({
@@ -952,9 +999,9 @@ def generate(seed: int = 0, out_dir: str = "world", size: str = "full") -> Dict[
     counts["world_commonsense"] = {k: len(v) for k, v in cs.items()}
 
     # -- world_reasoning (ARC nested JSONL) -------------------------------------------
-    rs = {"train": _reasoning_items(seed, "train", spec.reasoning_train, bench_people, kinds),
-          "dev": _reasoning_items(seed, "dev", spec.reasoning_dev, bench_people, kinds),
-          "test": _reasoning_items(seed, "test", spec.reasoning_test, bench_people, kinds)}
+    rs = {split: _reasoning_items(seed, split, n, bench_people, kinds)
+          for split, n in (("train", spec.reasoning_train), ("dev", spec.reasoning_dev),
+                           ("test", spec.reasoning_test))}
     for split, rows in rs.items():
         _write_text(os.path.join(paths["world_reasoning"],
                                  f"World-Reasoning-{split.capitalize()}.jsonl"), _jsonl(rows))
