@@ -17,6 +17,14 @@ per repeat so machine noise hits them alike. Ratios are only meaningful within a
     python benchmarks/bench_step.py            # the 10M config
     python benchmarks/bench_step.py --quick    # a small config, a few seconds
     python benchmarks/bench_step.py --profile  # where the time goes (per layer type)
+    python benchmarks/bench_step.py --baseline /tmp/old_checkout   # before/after
+
+--baseline DIR runs the same modes from another built checkout (say, the commit before
+a change: `git archive OLD | tar -x -C DIR && cd DIR && python setup.py build_ext
+--inplace`) in a subprocess, one step at a time between this checkout's steps, so
+both see the same machine load; its rows are named "base-<mode>". The cpu column is
+this process's (or the subprocess's) CPU time per step: on a loaded machine it tracks
+the work done better than the wall time (for torch it also counts spinning threads).
 """
 from __future__ import annotations
 
@@ -24,12 +32,16 @@ import argparse
 import importlib.util
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-import hif8qat as hq
+if __name__ == "__main__" and "--serve" in sys.argv:   # a --baseline checkout's package
+    sys.path.insert(0, sys.argv[sys.argv.index("--serve") + 1])
+import hif8qat as hq  # noqa: E402
 
 
 def make_config(quick):
@@ -92,6 +104,55 @@ def profile(model, tokens, targets, precision):
         print(f"  {fn:28s} {ct * 1e3:9.1f} ms")
 
 
+def calibrate(model, tokens, targets):
+    """Calibrate the scalers once, as the BF16 warm-up would (before timing hif8)."""
+    model.set_precision("bf16")
+    model.calibrating = True
+    model.forward(tokens, targets)
+    model.backward()
+    model.calibrating = False
+    model.scalers.update()
+
+
+def serve(args):
+    """--baseline's subprocess: the same model and batch with this sys.path's hif8qat;
+    reads a mode per line, runs one step, answers "wall_s cpu_s"."""
+    cfg, B, T = make_config(args.quick)
+    hq.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, size=(B, T))
+    targets = rng.integers(0, cfg.vocab_size, size=(B, T))
+    model = hq.LlamaModel.from_config(cfg, seed=0)
+    modes = [m for m in args.modes.split(",") if m]
+    steps = {m: ours_step(model, tokens, targets, m) for m in modes}
+    if "hif8" in steps:
+        calibrate(model, tokens, targets)
+    for fn in steps.values():
+        fn()
+    print("ready", os.path.dirname(hq.__file__), flush=True)
+    for line in sys.stdin:
+        t0, c0 = time.perf_counter(), time.process_time()
+        steps[line.strip()]()
+        print(time.perf_counter() - t0, time.process_time() - c0, flush=True)
+
+
+def start_baseline(path, args, threads, modes):
+    cmd = [sys.executable, os.path.abspath(__file__), "--serve", os.path.abspath(path),
+           "--threads", str(threads), "--modes", ",".join(modes)] + (["--quick"] if args.quick else [])
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = proc.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        raise RuntimeError(f"--baseline {path}: the subprocess did not start ({cmd})")
+    print(f"baseline: hif8qat from {ready[1]}")
+
+    def step(mode):
+        proc.stdin.write(mode + "\n")
+        proc.stdin.flush()
+        wall, cpu = proc.stdout.readline().split()
+        return float(wall), float(cpu)
+    return proc, step
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small config, 3 repeats")
@@ -100,7 +161,12 @@ def main():
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for hq and torch (default: hq.get_num_threads())")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="also time these modes from another built checkout, interleaved")
+    ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return serve(args)
     cfg, B, T = make_config(args.quick)
     repeats = args.repeats or (3 if args.quick else 5)
     threads = args.threads or hq.get_num_threads()
@@ -132,28 +198,36 @@ def main():
         else:
             steps[m] = ours_step(model, tokens, targets, m)
     if "hif8" in steps:      # calibrate the scalers once, as the BF16 warm-up would
-        model.set_precision("bf16")
-        model.calibrating = True
-        model.forward(tokens, targets)
-        model.backward()
-        model.calibrating = False
-        model.scalers.update()
+        calibrate(model, tokens, targets)
+    base_modes = [m for m in steps if m != "torch"] if args.baseline else []
+    proc, base_step = (start_baseline(args.baseline, args, threads, base_modes)
+                       if base_modes else (None, None))
 
-    times = {m: [] for m in steps}
+    names = list(steps) + [f"base-{m}" for m in base_modes]
+    times, cpus = {m: [] for m in names}, {m: [] for m in names}
     for fn in steps.values():
         fn()                                     # warm-up
     for _ in range(repeats):
         for m, fn in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[m].append(time.perf_counter() - t0)
+            cpus[m].append(time.process_time() - c0)
+            if m in base_modes:
+                wall, cpu = base_step(m)
+                times[f"base-{m}"].append(wall)
+                cpus[f"base-{m}"].append(cpu)
+    if proc is not None:
+        proc.stdin.close()
+        proc.wait()
 
     med = {m: statistics.median(t) for m, t in times.items()}
+    cpu = {m: statistics.median(t) for m, t in cpus.items()}
     ref = "bf16" if "bf16" in med else next(iter(med))
-    print(f"\n{'mode':8s} {'ms/step':>10s} {'tokens/s':>10s} {'vs ' + ref:>9s}"
+    print(f"\n{'mode':10s} {'ms/step':>10s} {'cpu ms':>9s} {'tokens/s':>10s} {'vs ' + ref:>9s}"
           f"{'  vs torch' if 'torch' in med else ''}")
     for m, t in med.items():
-        line = f"{m:8s} {t * 1e3:10.1f} {B * T / t:10.0f} {med[ref] / t:9.2f}"
+        line = f"{m:10s} {t * 1e3:10.1f} {cpu[m] * 1e3:9.0f} {B * T / t:10.0f} {med[ref] / t:9.2f}"
         if "torch" in med:
             line += f" {med['torch'] / t:9.2f}"
         print(line)

@@ -9,6 +9,10 @@
 
 #define LANES 8
 
+/* One thread below 2^18 elements: waking a second thread costs ~50 us on a quiet
+ * machine and a scheduler time slice (several ms) on a loaded one. */
+static int ops_threads(size_t work) { return work < ((size_t)1 << 18) ? 1 : hq_threads_for(work); }
+
 /* sum of a[i] * b[i] in LANES double lanes, lanes added in order: a fixed order. */
 static double dot_lanes(const float *a, const float *b, int64_t n) {
     double lane[LANES] = {0};
@@ -23,7 +27,7 @@ static double dot_lanes(const float *a, const float *b, int64_t n) {
 
 void hq_rmsnorm_forward_f32(const float *x, const float *weight, float eps, int64_t N,
                             int64_t C, float *out, float *rstd) {
-    int nt = hq_threads_for((size_t)(N * C));
+    int nt = ops_threads((size_t)(N * C));
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *xr = x + n * C;
@@ -40,7 +44,7 @@ void hq_rmsnorm_forward_f32(const float *x, const float *weight, float eps, int6
 void hq_rmsnorm_backward_f32(const float *dout, const float *x, const float *weight,
                              const float *rstd, int64_t N, int64_t C, float *dx,
                              float *dweight, int accumulate) {
-    int nt = hq_threads_for((size_t)(N * C));
+    int nt = ops_threads((size_t)(N * C));
 #pragma omp parallel num_threads(nt)
     {
         /* dx: one row per iteration, xhat and dxhat recomputed in registers */
@@ -83,7 +87,7 @@ void hq_rmsnorm_backward_f32(const float *dout, const float *x, const float *wei
 void hq_rope_f32(const float *x, const float *cos, const float *sin, int64_t B, int64_t T,
                  int64_t nh, int64_t D, int64_t cs_batch_stride, int sign, float *out) {
     const int64_t h = D / 2;
-    int nt = hq_threads_for((size_t)(B * T * nh * D));
+    int nt = ops_threads((size_t)(B * T * nh * D));
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
         const int64_t b = bt / T, t = bt % T;
@@ -329,7 +333,7 @@ void hq_softmax_rows_f32(float *s, int64_t rows, int64_t cols, int64_t lds,
 void hq_swiglu_forward_f32(const float *g, const float *u, int64_t n, float *h) {
     const int avx2 = use_avx2();
     const int64_t nblk = (n + SWIGLU_BLOCK - 1) / SWIGLU_BLOCK;
-    int nt = hq_threads_for((size_t)n);
+    int nt = ops_threads((size_t)n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < nblk; b++) {
         int64_t i0 = b * SWIGLU_BLOCK, i1 = i0 + SWIGLU_BLOCK < n ? i0 + SWIGLU_BLOCK : n;
@@ -344,7 +348,7 @@ void hq_swiglu_backward_f32(const float *dh, const float *g, const float *u, int
                             float *dg, float *du) {
     const int avx2 = use_avx2();
     const int64_t nblk = (n + SWIGLU_BLOCK - 1) / SWIGLU_BLOCK;
-    int nt = hq_threads_for((size_t)n);
+    int nt = ops_threads((size_t)n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < nblk; b++) {
         int64_t i0 = b * SWIGLU_BLOCK, i1 = i0 + SWIGLU_BLOCK < n ? i0 + SWIGLU_BLOCK : n;

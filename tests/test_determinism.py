@@ -38,8 +38,8 @@ def test_forward_and_backward_bits_do_not_depend_on_threads(precision):
 
 
 def test_long_sequences_with_causal_blocks_and_thread_pool_do_not_depend_on_threads():
-    """T = 200: attention's causal blocks (64 forward, 128 backward) and the thread pool's
-    (b, head) pieces, with 1 or 2 workers."""
+    """T = 400: attention's causal blocks (64 forward, 128 backward) and the thread pool's
+    (b, head) pieces (above pieces.MIN_PARALLEL_WORK), with 1 or 2 workers."""
     pytest.importorskip("threadpoolctl")
-    digests = {_run("bf16", omp, blas, T=200) for omp, blas in [(1, 1), (2, 2), (2, 1)]}
+    digests = {_run("bf16", omp, blas, T=400) for omp, blas in [(1, 1), (2, 2), (2, 1)]}
     assert len(digests) == 1

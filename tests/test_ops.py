@@ -83,10 +83,11 @@ def swiglu64(g, u, dh):
 
 def test_swiglu_fused_matches_float64_and_threads_and_isas_agree(restore_threads_and_isa):
     rng = np.random.default_rng(1)
-    g = (rng.standard_normal((70, 301)) * 6).astype(np.float32)
+    shape = (300, 1001)                   # > 2^18 elements: ops.c uses 2 threads
+    g = (rng.standard_normal(shape) * 6).astype(np.float32)
     g[0, :4] = [-200.0, 200.0, np.nan, -np.inf]
-    u = rng.standard_normal((70, 301)).astype(np.float32)
-    dh = rng.standard_normal((70, 301)).astype(np.float32)
+    u = rng.standard_normal(shape).astype(np.float32)
+    dh = rng.standard_normal(shape).astype(np.float32)
     h_ref, dg_ref, du_ref = swiglu64(g, u, dh)
     bits = set()
     for isa in isas():
@@ -109,18 +110,19 @@ def test_swiglu_fused_matches_float64_and_threads_and_isas_agree(restore_threads
 
 def test_rmsnorm_and_rope_fused_match_the_float64_numpy_path(restore_threads_and_isa):
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((50, 96)).astype(np.float32)
-    w = rng.standard_normal(96).astype(np.float32)
-    dout = rng.standard_normal((50, 96)).astype(np.float32)
+    N, C = 700, 400                       # > 2^18 elements: ops.c uses 2 threads
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    dout = rng.standard_normal((N, C)).astype(np.float32)
     out64, rstd64 = L.rmsnorm_forward(x.astype(np.float64), w.astype(np.float64), 1e-5)
-    dw64 = np.zeros(96)
+    dw64 = np.zeros(C)
     dx64 = L.rmsnorm_backward(dout.astype(np.float64), x.astype(np.float64),
                               w.astype(np.float64), rstd64, dw64)
     bits = set()
     for n in (1, 2):
         hq.set_num_threads(n)
         out, rstd = L.rmsnorm_forward(x, w, 1e-5)
-        dw = np.full(96, 1.0, np.float32)
+        dw = np.full(C, 1.0, np.float32)
         dx = L.rmsnorm_backward(dout, x, w, rstd, dw, accumulate=True)
         bits.add(out.tobytes() + dx.tobytes() + dw.tobytes())
         np.testing.assert_allclose(out, out64, rtol=2e-6, atol=1e-6)

@@ -59,7 +59,7 @@ def _fused(*arrays):
 def _run_rows(fn, n_rows, row_elems):
     """fn(r0, r1) over the row blocks of pieces.row_blocks, on the thread pool."""
     blocks = row_blocks(n_rows, row_elems)
-    run_pieces(lambda i: fn(*blocks[i]), len(blocks))
+    run_pieces(lambda i: fn(*blocks[i]), len(blocks), work=n_rows * row_elems)
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -222,7 +222,7 @@ def attention_forward(q, k, v, bias, causal=False):
             sp[i0:i1, kend:] = 0.0
             np.matmul(s, vp[:kend], out=op[i0:i1])
 
-    run_pieces(piece, B * KV * R)
+    run_pieces(piece, B * KV * R, work=B * KV * RT * T)
     return out, probs
 
 
@@ -266,7 +266,7 @@ def attention_backward(dout, q, k, v, probs, causal=False):
             dkb[:kend] += part_dk
         dkb *= scale
 
-    run_pieces(piece, B * KV)
+    run_pieces(piece, B * KV, work=B * KV * RT * T)
     return dq, dk, dv
 
 

@@ -42,14 +42,20 @@ def _get_pool(n):
         return _pool
 
 
-def run_pieces(fn, n_pieces):
+MIN_PARALLEL_WORK = 1 << 20   # elements: below, handing pieces to threads costs more
+
+
+def run_pieces(fn, n_pieces, work=None):
     """Call ``fn(i)`` for i in range(n_pieces), on up to get_num_threads() threads.
 
     ``fn`` must touch only piece i's slices of its outputs. Exceptions propagate (the
-    first one raised, after every piece has finished). Runs inline on one thread, or when
-    called from a pool worker (no nested pools).
+    first one raised, after every piece has finished). Runs inline on one thread when
+    ``work`` (elements touched, if given) is below MIN_PARALLEL_WORK, or when called
+    from a pool worker (no nested pools).
     """
     workers = min(_workers(), n_pieces)
+    if work is not None and work < MIN_PARALLEL_WORK:
+        workers = 1
     if workers <= 1 or threading.current_thread().name.startswith("hif8qat-piece"):
         for i in range(n_pieces):
             fn(i)
