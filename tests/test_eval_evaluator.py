@@ -345,6 +345,26 @@ def test_paired_bootstrap_interval():
 
 # ----------------------------------------------------------------------------- tokenizers
 
+def test_cluster_bootstrap_resamples_whole_groups():
+    rng = np.random.default_rng(0)
+    # 40 groups of 10 items whose differences are identical within a group: 400 items
+    # that carry the information of 40, so the interval must be ~sqrt(10) x wider
+    per_group = rng.integers(0, 2, size=40)
+    a = np.repeat(per_group, 10).astype(float)
+    b = np.repeat(rng.integers(0, 2, size=40), 10).astype(float)
+    groups = np.repeat(np.arange(40), 10)
+    flat = paired_bootstrap(a, b, n_resamples=4000, seed=1)
+    clus = paired_bootstrap(a, b, n_resamples=4000, seed=1, groups=groups)
+    assert clus["diff"] == flat["diff"] and clus["n_groups"] == 40 and flat["n_groups"] == 400
+    ratio = (clus["high"] - clus["low"]) / (flat["high"] - flat["low"])
+    assert 2.3 < ratio < 4.3
+    # singleton groups are the item bootstrap, draw for draw
+    same = paired_bootstrap(a, b, n_resamples=500, seed=2, groups=np.arange(400))
+    assert same == {**paired_bootstrap(a, b, n_resamples=500, seed=2)}
+    with pytest.raises(ValueError, match="one label per item"):
+        paired_bootstrap(a, b, groups=groups[:-1])
+
+
 def test_load_tokenizer_byte_level_reads_specials_from_config(tmp_path):
     from hif8qat.eval import load_tokenizer
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 258, "bos_token_id": 256,

@@ -132,6 +132,18 @@ def test_demo_table_values_match_the_runs_own_files(quick_demo):
         assert rows[name]["train_time_s"] == summary["wall_time_s"]
     for name in ("R0-bf16", "P0-pretrained-bf16", "P1-ptq-hif8"):
         assert rows[name]["ape_qat"] is None
+    # knowledge items share facts: the interval is the cluster bootstrap over facts
+    from hif8qat.eval import paired_bootstrap
+    from hif8qat.world.tasks import knowledge_fact_ids
+    r1 = _read_json(os.path.join(out, "R1-final", "eval.json"))["tasks"]["world_knowledge"]
+    r0 = _read_json(os.path.join(out, "R0-bf16", "eval.json"))["tasks"]["world_knowledge"]
+    facts = knowledge_fact_ids(r1["items"]["source"])
+    assert facts is not None and len(set(facts)) < len(facts)
+    d = paired_bootstrap(r0["items"]["correct"], r1["items"]["correct"], groups=facts)
+    assert rows["R1-final"]["drop_low_world_knowledge"] == pytest.approx(100 * d["low"])
+    assert rows["R1-final"]["drop_high_world_knowledge"] == pytest.approx(100 * d["high"])
+    assert any("resamples facts" in n for n in saved["notes"])
+    assert knowledge_fact_ids(r1["items"]["source"][:1] + ["elsewhere.csv:3"]) is None
 
 
 def test_report_reproduces_the_demo_table(quick_demo, capsys):

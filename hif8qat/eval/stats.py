@@ -60,14 +60,19 @@ def _pair(a, b):
     return a, b
 
 
-def paired_bootstrap(a, b, n_resamples=10000, confidence=0.95, seed=0):
+def paired_bootstrap(a, b, n_resamples=10000, confidence=0.95, seed=0, groups=None):
     """Bootstrap interval of mean(a) - mean(b) over items resampled *jointly*.
 
     ``a`` and ``b``: per-item scores (0/1) of two runs on the same items, or two lists of
     :class:`~hif8qat.eval.evaluator.ItemRecord` (checked to be the same items). Returns
-    ``{"diff", "low", "high", "confidence", "n", "p_value", "n_resamples"}`` with
-    ``p_value`` the two-sided bootstrap p-value of "no difference" (twice the smaller tail
-    of the resampled differences around 0, floored at 1 / n_resamples).
+    ``{"diff", "low", "high", "confidence", "n", "p_value", "n_resamples", "n_groups"}``
+    with ``p_value`` the two-sided bootstrap p-value of "no difference" (twice the smaller
+    tail of the resampled differences around 0, floored at 1 / n_resamples).
+
+    ``groups`` (one label per item, optional): items that are not independent -- several
+    questions probing one fact -- are resampled together (a cluster bootstrap: draw whole
+    groups with replacement, the difference is their pooled mean). Without it every item
+    is its own group, which understates the uncertainty when items share a cause.
 
     Example::
 
@@ -84,17 +89,28 @@ def paired_bootstrap(a, b, n_resamples=10000, confidence=0.95, seed=0):
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     n_resamples = int(n_resamples)
     delta = a - b
+    if groups is None:
+        sums, counts = delta, np.ones_like(delta)
+    else:
+        labels = np.asarray(groups)
+        if labels.shape != delta.shape:
+            raise ValueError(f"groups must give one label per item ({delta.size}), got "
+                             f"shape {labels.shape}")
+        _, inverse = np.unique(labels, return_inverse=True)
+        sums = np.bincount(inverse, weights=delta)
+        counts = np.bincount(inverse).astype(np.float64)
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // delta.size)  # bound the index matrix's memory
+    G = sums.size
+    chunk = max(1, 2_000_000 // G)  # bound the index matrix's memory
     for start in range(0, n_resamples, chunk):
         stop = min(n_resamples, start + chunk)
-        idx = rng.integers(0, delta.size, size=(stop - start, delta.size))
-        diffs[start:stop] = delta[idx].mean(axis=1)
+        idx = rng.integers(0, G, size=(stop - start, G))
+        diffs[start:stop] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
     tail = min(np.mean(diffs <= 0.0), np.mean(diffs >= 0.0))
     p_value = min(1.0, max(2.0 * tail, 1.0 / n_resamples))
     return {"diff": float(delta.mean()), "low": float(low), "high": float(high),
             "confidence": confidence, "n": int(delta.size), "p_value": float(p_value),
-            "n_resamples": n_resamples}
+            "n_resamples": n_resamples, "n_groups": int(G)}

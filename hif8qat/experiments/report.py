@@ -399,6 +399,13 @@ def _correct(task_entry):
     return np.asarray(task_entry["items"]["correct"], dtype=np.float64)
 
 
+def _item_groups(task_entry):
+    """Items that must be resampled together (the facts of the world's knowledge items),
+    or None: every item independent."""
+    from hif8qat.world.tasks import knowledge_fact_ids
+    return knowledge_fact_ids(task_entry["items"]["source"])
+
+
 def _same_items(a, b) -> bool:
     return a["items"]["source"] == b["items"]["source"] and \
         a["items"]["gold"] == b["items"]["gold"]
@@ -535,6 +542,7 @@ def compare(run_dirs, *, reference: Optional[str] = None, n_resamples: int = 500
                 tasks.append(t)
     notes = []
     rows = []
+    clustered = {}
     for run in runs:
         ref = _find_reference(run, runs)
         if ref is None and reference is not None and run.name != reference:
@@ -560,9 +568,12 @@ def compare(run_dirs, *, reference: Optional[str] = None, n_resamples: int = 500
                 if not _same_items(ref_ev[t], e):
                     notes.append(f"{run.name} vs {ref.name}: {t} items differ; no drop shown")
                 else:
+                    groups = _item_groups(e)
                     d = paired_bootstrap(_correct(ref_ev[t]), _correct(e),
                                          n_resamples=n_resamples, confidence=confidence,
-                                         seed=seed)
+                                         seed=seed, groups=groups)
+                    if groups is not None:
+                        clustered[t] = (d["n"], d["n_groups"])
             acc_ref = row[f"acc_{t}"] + 100.0 * d["diff"] if d else None
             row[f"drop_{t}"] = 100.0 * d["diff"] if d else None
             row[f"drop_low_{t}"] = 100.0 * d["low"] if d else None
@@ -589,6 +600,9 @@ def compare(run_dirs, *, reference: Optional[str] = None, n_resamples: int = 500
                     f"{int(confidence * 100)}% paired bootstrap interval over items "
                     f"({n_resamples} resamples, seed {seed}); loss APE against the "
                     f"reference run's loss at the same step")
+    for t, (n, g) in clustered.items():
+        notes.insert(1, f"{t}: its {n} items probe {g} facts, so its interval resamples "
+                        f"facts (cluster bootstrap), not items")
     return ReportTable(rows, tasks, title=title, notes=notes)
 
 

@@ -147,3 +147,40 @@ def register_world_tasks() -> None:
 
 
 register_world_tasks()
+
+
+def knowledge_fact_ids(sources):
+    """The fact each world_knowledge item probes, from its ``source`` ("file:line"), or
+    None when the sources are not a generated world's knowledge items.
+
+    About twelve items probe each fact (forward, inverse and held-out wordings), so they
+    are not independent: a paired bootstrap should resample facts, not items
+    (``paired_bootstrap(..., groups=knowledge_fact_ids(sources))``).
+    """
+    sources = list(sources)
+    if not sources:
+        return None
+    tables = {}
+    out = []
+    for src in sources:
+        path, _, line = str(src).rpartition(":")
+        split_dir = os.path.dirname(path)                      # .../world_knowledge/test
+        root = os.path.dirname(os.path.dirname(split_dir))
+        split = os.path.basename(split_dir)
+        name = os.path.basename(path)
+        suffix = f"_{split}.csv"
+        if not line.isdigit() or not name.endswith(suffix) or \
+                os.path.basename(os.path.dirname(split_dir)) != "world_knowledge":
+            return None
+        if root not in tables:
+            meta = os.path.join(root, "meta", "knowledge_items.jsonl")
+            if not os.path.isfile(meta):
+                return None
+            with open(meta, encoding="utf-8") as fh:
+                tables[root] = {(r["split"], r["subject"], r["row"]): r["fact_id"]
+                                for r in map(json.loads, fh) if r}
+        fact = tables[root].get((split, name[:-len(suffix)], int(line) - 1))
+        if fact is None:
+            return None
+        out.append(int(fact))
+    return out
