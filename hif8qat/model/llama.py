@@ -5,7 +5,10 @@ the shapes of its buffers. B = batch, T = sequence length, C = hidden_size,
 H = query heads, KV = key/value heads, R = H // KV (queries per key/value head),
 D = head_dim, I = intermediate_size, V = vocab_size, N = B*T.
 
-NumPy does the light work (norms, RoPE, softmax attention, SwiGLU, loss); every
+The light work (norms, RoPE, softmax attention, SwiGLU, loss) is NumPy plus, for float32
+models, fused C kernels (csrc/ops.c: RMSNorm, RoPE, row softmax, SwiGLU); attention is
+split into (batch, head) pieces run on a small thread pool (``pieces.py``) whose results
+do not depend on its size. Float64 models (the gradient checks) take the NumPy paths. Every
 q/k/v/o/gate/up/down projection goes through ``linear.py``, the single place where the
 fp32 / bf16 / hif8 precision of a linear layer is decided. Embedding, RMSNorm,
 attention scores and the LM head stay in high precision (the model's dtype).
