@@ -20,23 +20,14 @@ from hif8qat.train import checkpoint as ckpt
 from hif8qat.train.config import TrainConfig
 from hif8qat.train.trainer import Trainer, read_log, train
 
+from test_train import TINY, tiny_config
+
 GRAD_FMAX = 224.0
 
-TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat. "
-          "the mat was red and the log was brown. ") * 40
-
-
 def tiny_train_config(tmp_path, **overrides):
-    data = tmp_path / "corpus.txt"
-    if not data.exists():
-        data.write_text(CORPUS)
-    kw = dict(model_config=dict(TINY), data=str(data), run_dir=str(tmp_path / "run"),
-              steps=20, batch_size=8, seq_len=32, lr=3e-3, lr_schedule="constant",
-              progress=False, precision="hif8", quantize_grads=True)
-    kw.update(overrides)
-    return TrainConfig(**kw)
+    """test_train's tiny run, in hif8 with output-gradient quantization."""
+    return tiny_config(tmp_path, **{"precision": "hif8", "quantize_grads": True,
+                                    **overrides})
 
 
 def small_model(seed=0):
