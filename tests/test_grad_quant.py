@@ -20,7 +20,7 @@ from hif8qat.train import checkpoint as ckpt
 from hif8qat.train.config import TrainConfig
 from hif8qat.train.trainer import Trainer, read_log, train
 
-from test_train import TINY, tiny_config
+from test_train import TINY, final_state, interrupted_run, tiny_config
 
 GRAD_FMAX = 224.0
 
@@ -353,24 +353,10 @@ def test_step_log_and_summary_carry_the_grad_scalers(tmp_path):
 def test_resume_with_stochastic_grad_rounding_is_bit_identical(tmp_path):
     kw = dict(steps=20, bf16_warmup_steps=3, grad_rounding="stochastic", grad_accum_steps=2,
               lr=5e-3, seed=4, grad=dict(window=4))
-    full = train(tiny_train_config(tmp_path, run_dir=str(tmp_path / "full"), **kw))
-    t = Trainer(tiny_train_config(tmp_path, run_dir=str(tmp_path / "split"), **kw))
-    for _ in range(10):
-        t.step()
-    t.save_checkpoint()
-    t.step()                      # lost to a "kill": recomputed after the resume
-    del t
-    resumed = Trainer.resume(str(tmp_path / "split"))
-    assert resumed.step_index == 10
+    full, split, resumed = interrupted_run(tiny_train_config, tmp_path, stop=10, **kw)
     assert resumed.model.grad_quantization["rounding"] == "stochastic"
-    split = resumed.run()
 
-    def final(run_dir):
-        path = ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-        with open(os.path.join(path, "model", "model.safetensors"), "rb") as fh:
-            return fh.read(), ckpt.load_training_checkpoint(path)
-
-    (w_full, s_full), (w_split, s_split) = final(full), final(split)
+    (w_full, s_full), (w_split, s_split) = final_state(full), final_state(split)
     assert w_full == w_split
     for k in ("m", "v"):
         assert np.array_equal(s_full["optimizer"][k], s_split["optimizer"][k])
@@ -381,7 +367,7 @@ def test_resume_with_stochastic_grad_rounding_is_bit_identical(tmp_path):
     # and the stochastic bits mattered: a nearest run ends elsewhere
     near = train(tiny_train_config(tmp_path, run_dir=str(tmp_path / "near"),
                                    **dict(kw, grad_rounding="nearest")))
-    assert final(near)[0] != w_full
+    assert final_state(near)[0] != w_full
 
 
 def test_quantize_grads_off_leaves_runs_and_checkpoints_unchanged(tmp_path):

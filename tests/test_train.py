@@ -502,7 +502,8 @@ def test_log_lines_and_summary_report_scalers_and_saturation(tmp_path):
     assert cfg_back == t.config
 
 
-def _final_state(run_dir):
+def final_state(run_dir):
+    """(model.safetensors bytes, training checkpoint state) of a run's latest checkpoint."""
     path = ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     st = ckpt.load_training_checkpoint(path)
     with open(os.path.join(path, "model", "model.safetensors"), "rb") as fh:
@@ -510,25 +511,32 @@ def _final_state(run_dir):
     return weights, st
 
 
+def interrupted_run(make_config, tmp_path, stop, lost=1, **kw):
+    """One run straight through and one that saves at step ``stop``, runs ``lost`` more
+    steps, is "killed" (those steps' log lines are dropped and recomputed) and resumed.
+    Returns (full run dir, split run dir, the resumed Trainer after its run)."""
+    full = train(make_config(tmp_path, run_dir=str(tmp_path / "full"), **kw))
+    t = Trainer(make_config(tmp_path, run_dir=str(tmp_path / "split"), **kw))
+    for _ in range(stop):
+        t.step()
+    t.save_checkpoint()
+    for _ in range(lost):
+        t.step()
+    del t
+    resumed = Trainer.resume(str(tmp_path / "split"))
+    assert resumed.step_index == stop
+    split = resumed.run()
+    return full, split, resumed
+
+
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     kw = dict(steps=20, bf16_warmup_steps=3, precision="hif8", lr_schedule="cosine",
               lr_warmup_steps=4, grad_accum_steps=2, weight_decay=0.1, lr=5e-3,
               activation=dict(window=4))
-    full = train(tiny_config(tmp_path, run_dir=str(tmp_path / "full"), **kw))
+    full, split, _ = interrupted_run(tiny_config, tmp_path, stop=10, lost=2, **kw)
 
-    t = Trainer(tiny_config(tmp_path, run_dir=str(tmp_path / "split"), **kw))
-    for _ in range(10):
-        t.step()
-    t.save_checkpoint()
-    t.step()                      # steps after the checkpoint, then "killed": their log
-    t.step()                      # lines are dropped and recomputed on resume
-    del t
-    resumed = Trainer.resume(str(tmp_path / "split"))
-    assert resumed.step_index == 10
-    split = resumed.run()
-
-    w_full, s_full = _final_state(full)
-    w_split, s_split = _final_state(split)
+    w_full, s_full = final_state(full)
+    w_split, s_split = final_state(split)
     assert w_full == w_split                                   # weights, bit for bit
     for k in ("m", "v"):
         assert np.array_equal(s_full["optimizer"][k], s_split["optimizer"][k])
@@ -649,7 +657,7 @@ def test_killed_save_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
     resumed = Trainer.resume(t.run_dir)
     assert resumed.step_index == 4
     resumed.run()
-    assert _final_state(resumed.run_dir)[0] == _final_state(reference)[0]
+    assert final_state(resumed.run_dir)[0] == final_state(reference)[0]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -716,7 +724,7 @@ def test_eval_hooks_run_periodically_without_changing_training(tmp_path):
     log = read_log(with_hooks)
     assert [r["step"] for r in log if "eval" in r] == [3, 6]
     assert math.isfinite(log[2]["eval"]["probe"]["loss"])
-    assert _final_state(with_hooks)[0] == _final_state(without)[0]
+    assert final_state(with_hooks)[0] == final_state(without)[0]
     assert comparable([{k: v for k, v in r.items() if k != "eval"} for r in log]) == \
         comparable(read_log(without))
 

@@ -6,15 +6,12 @@ import numpy as np
 import pytest
 
 import hif8qat as hq
-from hif8qat.train import checkpoint as ckpt
 from hif8qat.train.config import TrainConfig
 from hif8qat.train.trainer import Trainer, read_log, train
 from hif8qat.winq import quantized_weight_names, weight_noise, winq_reset
+from test_train import CORPUS, TINY, final_state, interrupted_run
+from test_train import tiny_config as train_tiny_config
 
-TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat. "
-          "the mat was red and the log was brown. ") * 40
 
 
 def calibrated_hif8_model(steps=3, **recipe):
@@ -118,15 +115,10 @@ def test_weight_noise_restores_the_weights_when_the_block_raises():
 
 # ============================================================================ training
 def tiny_config(tmp_path, **overrides):
-    data = tmp_path / "corpus.txt"
-    if not data.exists():
-        data.write_text(CORPUS)
-    kw = dict(model_config=dict(TINY), data=str(data), run_dir=str(tmp_path / "run"),
-              steps=12, batch_size=4, seq_len=32, lr=3e-3, lr_schedule="constant",
-              progress=False, precision="hif8", bf16_warmup_steps=2,
-              activation=dict(window=4))
-    kw.update(overrides)
-    return TrainConfig(**kw)
+    """test_train's tiny run: 12 hif8 steps (2 in BF16 warm-up), batch 4."""
+    return train_tiny_config(tmp_path, **{
+        "steps": 12, "batch_size": 4, "precision": "hif8", "bf16_warmup_steps": 2,
+        "activation": dict(window=4), **overrides})
 
 
 @pytest.mark.parametrize("field,value,exc", [
@@ -158,13 +150,6 @@ def test_winq_options_are_off_by_default_and_round_trip_through_toml(tmp_path):
         tiny_config(tmp_path, hessian_rel_step=0.0)
 
 
-def _final_state(run_dir):
-    path = ckpt.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    st = ckpt.load_training_checkpoint(path)
-    with open(os.path.join(path, "model", "model.safetensors"), "rb") as fh:
-        return fh.read(), st
-
-
 def _hessian_lines(run_dir):
     with open(os.path.join(run_dir, "hessian.jsonl")) as fh:
         return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in fh]
@@ -173,20 +158,10 @@ def _hessian_lines(run_dir):
 def test_winq_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     kw = dict(winq_reset_every=3, winq_alpha=0.5, winq_noise_std=0.05, grad_accum_steps=2,
               hessian_every=5, hessian_iters=3, hessian_k=1, hessian_probes=1)
-    full = train(tiny_config(tmp_path, run_dir=str(tmp_path / "full"), **kw))
+    full, split, _ = interrupted_run(tiny_config, tmp_path, stop=6, **kw)
 
-    t = Trainer(tiny_config(tmp_path, run_dir=str(tmp_path / "split"), **kw))
-    for _ in range(6):
-        t.step()
-    t.save_checkpoint()
-    t.step()                       # after the checkpoint, then "killed"
-    del t
-    resumed = Trainer.resume(str(tmp_path / "split"))
-    assert resumed.step_index == 6
-    split = resumed.run()
-
-    w_full, s_full = _final_state(full)
-    w_split, s_split = _final_state(split)
+    w_full, s_full = final_state(full)
+    w_split, s_split = final_state(split)
     assert w_full == w_split
     for k in ("m", "v"):
         assert np.array_equal(s_full["optimizer"][k], s_split["optimizer"][k])
@@ -222,7 +197,7 @@ def test_hessian_probes_do_not_change_training(tmp_path):
                                hessian_every=2, hessian_iters=4, hessian_k=2,
                                hessian_probes=1, hessian_precision="hif8",
                                hessian_rel_step=0.1))
-    assert _final_state(plain)[0] == _final_state(probed)[0]
+    assert final_state(plain)[0] == final_state(probed)[0]
     strip = [{k: v for k, v in r.items() if k != "hessian"}
              for r in read_log(probed, wall_clock=False)]
     assert strip == read_log(plain, wall_clock=False)
