@@ -104,16 +104,6 @@ def profile(model, tokens, targets, precision):
         print(f"  {fn:28s} {ct * 1e3:9.1f} ms")
 
 
-def calibrate(model, tokens, targets):
-    """Calibrate the scalers once, as the BF16 warm-up would (before timing hif8)."""
-    model.set_precision("bf16")
-    model.calibrating = True
-    model.forward(tokens, targets)
-    model.backward()
-    model.calibrating = False
-    model.scalers.update()
-
-
 def serve(args):
     """--baseline's subprocess: the same model and batch with this sys.path's hif8qat;
     reads a mode per line, runs one step, answers "wall_s cpu_s"."""
@@ -126,7 +116,7 @@ def serve(args):
     modes = [m for m in args.modes.split(",") if m]
     steps = {m: ours_step(model, tokens, targets, m) for m in modes}
     if "hif8" in steps:
-        calibrate(model, tokens, targets)
+        hq.calibrate(model, tokens, precision="bf16")   # as the BF16 warm-up would
     for fn in steps.values():
         fn()
     print("ready", os.path.dirname(hq.__file__), flush=True)
@@ -197,8 +187,8 @@ def main():
             steps[m] = torch_step(tmp, tokens, targets, threads)
         else:
             steps[m] = ours_step(model, tokens, targets, m)
-    if "hif8" in steps:      # calibrate the scalers once, as the BF16 warm-up would
-        calibrate(model, tokens, targets)
+    if "hif8" in steps:
+        hq.calibrate(model, tokens, precision="bf16")   # as the BF16 warm-up would
     base_modes = [m for m in steps if m != "torch"] if args.baseline else []
     proc, base_step = (start_baseline(args.baseline, args, threads, base_modes)
                        if base_modes else (None, None))
