@@ -40,6 +40,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path) -> str:
+    """Write one figure to ``path`` and free it (pyplot keeps every open figure)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _losses(log):
     pts = [(r["step"], r["loss"]) for r in log
            if isinstance(r.get("loss"), (int, float)) and "step" in r]
@@ -64,10 +72,7 @@ def plot_loss(run, reference=None, path=None) -> str:
     ax.set_ylabel("training loss (nats/byte)")
     ax.set_title(f"{run.label}: loss" + (f" vs {reference.label}" if reference else ""))
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def layer_headroom(log):
@@ -119,10 +124,7 @@ def plot_headroom(run, path=None) -> str:
     ax.set_yscale("log")
     if layers:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_accuracy(table, path) -> str:
@@ -141,10 +143,7 @@ def plot_accuracy(table, path) -> str:
     ax.set_ylabel("accuracy %")
     ax.set_title(table.title or "accuracy per benchmark")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_loss_curves(table, path) -> str:
@@ -159,10 +158,7 @@ def plot_loss_curves(table, path) -> str:
     ax.set_ylabel("training loss (nats/byte)")
     ax.set_title("fine-tuning loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def read_hessian_log(run_dir) -> list:
@@ -202,10 +198,7 @@ def plot_hessian_density(run_dir, path=None):
     ax.set_ylabel("spectral density (SLQ)")
     ax.set_title(f"{os.path.basename(os.path.abspath(run_dir))}: Hessian spectrum over training")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_table(table, out_dir=None, log=print) -> list:
