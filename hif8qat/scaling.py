@@ -220,11 +220,13 @@ class DelayedScaler:
                                                  _rounding_code(rounding), _check_seed(seed))
         return (values, mask) if return_mask else values
 
-    def quantize_codes(self, x: np.ndarray, *, rounding: str = "nearest", seed: int = 0):
+    def quantize_codes(self, x: np.ndarray, *, rounding: str = "nearest", seed: int = 0,
+                       return_mask: bool = True):
         """Same bookkeeping as quantize, for the W8A8 GEMM: returns (codes, scale_inv, mask).
 
         codes (uint8) = to_hif8(clamp(x*scale, +-fmax)); scale_inv = 1.0f/scale used (a
-        Python float holding a float32 value); mask as in quantize(return_mask=True).
+        Python float holding a float32 value); mask as in quantize(return_mask=True), or
+        None with ``return_mask=False`` (a cast whose STE mask is never used, e.g. of dY).
 
         Example:
             >>> import numpy as np, hif8qat as hq
@@ -234,7 +236,7 @@ class DelayedScaler:
         """
         x = _as_input(x)
         _, codes, mask, _, scale_inv = self._state.cast(
-            x, False, True, True, _rounding_code(rounding), _check_seed(seed))
+            x, False, True, bool(return_mask), _rounding_code(rounding), _check_seed(seed))
         return codes, scale_inv, mask
 
     def observe(self, x: np.ndarray) -> None:

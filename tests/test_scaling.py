@@ -613,3 +613,17 @@ def test_scaler_group_updates_reports_and_checkpoints_all_scalers():
     with pytest.raises(ValueError, match="missing"):
         h.load_state_dict({names[0]: sd[names[0]]})
     h.load_state_dict({names[0]: sd[names[0]]}, strict=False)
+
+
+def test_quantize_codes_without_mask_gives_the_same_codes_and_statistics():
+    x = np.float32([0.5, 3.0, -5.0, 1e-9, np.nan, 0.7])
+    out = []
+    for return_mask in (True, False):
+        s = hq.DelayedScaler(window=4)
+        s.observe(np.float32([1.0]))
+        s.update()
+        codes, scale_inv, mask = s.quantize_codes(x, return_mask=return_mask)
+        out.append((codes, scale_inv, s.step_stats()))
+        assert (mask is None) == (not return_mask)
+    assert np.array_equal(out[0][0], out[1][0]) and out[0][1:] == out[1][1:]
+    assert out[0][2]["clipped"] == 2 and out[0][2]["nonfinite"] == 1

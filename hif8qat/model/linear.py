@@ -161,7 +161,8 @@ def quantize_grad_output(dy, g_scaler, *, rounding="nearest", seed=0):
     (codes uint8 (N, OC), scale_inv). Records dY's amax and cast statistics in the scaler
     (unless it is frozen). The cast's STE mask is not used: dY is not a forward value.
     """
-    codes, scale_inv, _ = g_scaler.quantize_codes(dy, rounding=rounding, seed=seed)
+    codes, scale_inv, _ = g_scaler.quantize_codes(dy, rounding=rounding, seed=seed,
+                                                  return_mask=False)
     return codes, scale_inv
 
 
