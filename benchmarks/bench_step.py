@@ -7,6 +7,8 @@ The ~10M-parameter config of the model issue: hidden 384, intermediate 1024, 6 l
 * bf16 — every projection through hq.gemm with bf16 operands (the BF16 baseline);
 * hif8 — W8A8 codes GEMMs with delayed scaling (after one calibrating bf16 step, and
   including the once-per-step ScalerGroup.update(), as a training loop runs it);
+* hif8g — hif8 with the output gradients cast too (quantize_grads, nearest; not in the
+  default modes: `--modes bf16,hif8,hif8g`);
 * torch — transformers' LlamaForCausalLM, eager attention, fp32, same weights, same
   number of threads (when torch and transformers are installed).
 
@@ -175,7 +177,7 @@ def main():
     has_gemm = hasattr(hq, "gemm")
     steps = {}
     for m in modes:
-        if m in ("bf16", "hif8") and not has_gemm:
+        if m in ("bf16", "hif8", "hif8g") and not has_gemm:
             print(f"skip {m}: hq.gemm not built")
             continue
         if m == "torch":
@@ -185,11 +187,23 @@ def main():
             tmp = tempfile.mkdtemp(prefix="bench_step_")
             model.save(tmp)
             steps[m] = torch_step(tmp, tokens, targets, threads)
+        elif m == "hif8g":   # hif8 with output-gradient quantization (quantize_grads)
+            gmodel = hq.LlamaModel.from_config(cfg, seed=0)
+            gmodel.configure_grad_quantization(enabled=True)
+            # one calibrating BF16 step: hq.calibrate only runs forwards, and the
+            # grad_output scalers observe dY in the backward
+            gmodel.set_precision("bf16")
+            gmodel.calibrating = True
+            gmodel.forward(tokens, targets)
+            gmodel.backward()
+            gmodel.calibrating = False
+            gmodel.scalers.update()
+            steps[m] = ours_step(gmodel, tokens, targets, "hif8")
         else:
             steps[m] = ours_step(model, tokens, targets, m)
     if "hif8" in steps:
         hq.calibrate(model, tokens, precision="bf16")   # as the BF16 warm-up would
-    base_modes = [m for m in steps if m != "torch"] if args.baseline else []
+    base_modes = [m for m in steps if m not in ("torch", "hif8g")] if args.baseline else []
     proc, base_step = (start_baseline(args.baseline, args, threads, base_modes)
                        if base_modes else (None, None))
 
